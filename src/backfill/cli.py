@@ -1,0 +1,135 @@
+"""The command line: parse, call one library function per command, map errors to exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from backfill import __version__
+from backfill.errors import AuthError, BackfillError, ConfigError
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_BAD_INPUT = 2
+EXIT_AUTH = 3
+EXIT_INTERRUPTED = 130
+
+
+def _auth(value: str) -> tuple[str, str]:
+    sid, sep, secret = value.partition(":")
+    if not sep or not sid or not secret:
+        raise argparse.ArgumentTypeError("expected SID:SECRET")
+    return sid, secret
+
+
+def _rate(value: str) -> float:
+    return _bounded(float, value, 0.0, None, inclusive_low=False)
+
+
+def _share(value: str) -> float:
+    return _bounded(float, value, 0.0, 1.0)
+
+
+def _bounded(
+    kind: type[float] | type[int],
+    value: str,
+    lo: float,
+    hi: float | None,
+    *,
+    inclusive_low: bool = True,
+) -> float:
+    try:
+        number = kind(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
+    if number < lo or (number == lo and not inclusive_low) or (hi is not None and number > hi):
+        span = f"between {lo:g} and {hi:g}" if hi is not None else f"above {lo:g}"
+        raise argparse.ArgumentTypeError(f"must be {span}, got {value}")
+    return number
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="backfill",
+        description="Bulk-load customer traits into Twilio Conversation Memory.",
+    )
+    parser.add_argument("--version", action="version", version=f"backfill {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks instead of hints")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    emu = commands.add_parser(
+        "emulator",
+        help="serve a local emulator of the Memory API",
+        description="Serve a local emulator of the Twilio Memory API on loopback. All test "
+        "behaviours are off by default and reproducible with --random-seed.",
+    )
+    emu.add_argument("--host", default="127.0.0.1", help="loopback address (default 127.0.0.1)")
+    emu.add_argument("--port", type=int, default=8787, help="0 picks a free port (default 8787)")
+    emu.add_argument("--auth", type=_auth, metavar="SID:SECRET",
+                     help="the one accepted credential pair "
+                     "(default AC00000000000000000000000000000000:emulator)")  # fmt: skip
+    emu.add_argument("--rate", type=_rate, help="requests/second for the account; over it: 429")
+    emu.add_argument("--burst", type=int, help="bucket depth (default rate/10, at least 1)")
+    emu.add_argument("--fault-rate", type=_share, default=0.0, help="share answered 500 or 503")
+    emu.add_argument("--drop-rate", type=_share, default=0.0,
+                     help="share whose connection is closed with no response")  # fmt: skip
+    emu.add_argument("--lost-response-rate", type=_share, default=0.0,
+                     help="share of writes applied, then the response lost")  # fmt: skip
+    emu.add_argument("--latency-ms", type=float, default=0.0, help="added latency, +-50%% jitter")
+    emu.add_argument("--write-lag-ms", type=float, default=0.0,
+                     help="writes become visible to reads only after this delay")  # fmt: skip
+    emu.add_argument("--random-seed", type=int, help="seed for every random decision")
+    emu.add_argument("--state", type=Path, help="SQLite file that keeps state across restarts")
+    emu.add_argument(
+        "--seed", type=Path, help="JSON document of stores, settings, trait groups and profiles"
+    )
+    return parser
+
+
+def _run_emulator(args: argparse.Namespace) -> int:
+    from backfill.emulator import EmulatorConfig, serve
+
+    kwargs = {}
+    if args.auth is not None:
+        kwargs["username"], kwargs["password"] = args.auth
+    config = EmulatorConfig(
+        host=args.host,
+        port=args.port,
+        rate=args.rate,
+        burst=args.burst,
+        fault_rate=args.fault_rate,
+        drop_rate=args.drop_rate,
+        lost_response_rate=args.lost_response_rate,
+        latency_ms=args.latency_ms,
+        write_lag_ms=args.write_lag_ms,
+        random_seed=args.random_seed,
+        state=args.state,
+        seed=args.seed,
+        **kwargs,
+    )
+    serve(config, on_ready=lambda url: print(f"listening on {url}", flush=True))
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``backfill`` command; returns the process exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "emulator":
+            return _run_emulator(args)
+        parser.error(f"unknown command {args.command}")  # argparse exits with 2
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except BackfillError as exc:
+        if args.debug:
+            raise
+        print(f"backfill: error: {exc}", file=sys.stderr)
+        if isinstance(exc, ConfigError):
+            return EXIT_BAD_INPUT
+        if isinstance(exc, AuthError):
+            return EXIT_AUTH
+        return EXIT_FAILED
+    return EXIT_OK

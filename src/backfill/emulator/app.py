@@ -1,0 +1,528 @@
+"""The emulator's HTTP face: Starlette routes over ``state.Account``, behind one ASGI gate.
+
+The gate (``Gate``) sees every request first, in this order: added latency, basic auth (401),
+the account's token bucket (429 + Retry-After), then the drawn fault (500/503, or the connection
+closed with no response). Only then does the request reach a route, so a faulted request changes
+no state - except a lost response, which is applied and then dropped. Stats are counted there too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hmac
+import json
+import random
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Match, Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from backfill.emulator import schema
+from backfill.emulator.apierror import ApiError, bad_request
+from backfill.emulator.config import EmulatorConfig
+from backfill.emulator.faults import Fault, FaultPlan, Stats
+from backfill.emulator.ids import IdMinter
+from backfill.emulator.state import Account, Redirect, Store, check_if_match, etag, paginate
+from backfill.emulator.storage import SqliteStorage, load_seed
+
+JSON = "application/json"
+Handler = Callable[["Emulator", Request], Awaitable[Response]]
+
+
+def respond(status: int, payload: Any, headers: dict[str, str] | None = None) -> Response:
+    return Response(json.dumps(payload), status, headers, JSON)
+
+
+class Emulator:
+    """One emulated account with its switches, storage and stats; ``app`` serves it."""
+
+    def __init__(self, config: EmulatorConfig) -> None:
+        self.config = config
+        rng = random.Random(config.random_seed) if config.random_seed is not None else None
+        self.account = Account(IdMinter(rng), write_lag=config.write_lag_ms / 1000.0)
+        self.stats = Stats()
+        self.faults = FaultPlan(config)
+        self.storage = SqliteStorage(config.state) if config.state is not None else None
+        if self.storage is not None and not self.storage.is_empty():
+            self.storage.load(self.account)
+        elif config.seed is not None:
+            load_seed(self.account, config.seed)
+        self.commit()
+        routes = [Route(path, _bind(self, fn), methods=[m], name=op) for m, path, op, fn in ROUTES]
+        routes.append(Route("/__emulator__/stats", self._stats, methods=["GET", "DELETE"]))
+        handlers = {ApiError: _api_error, HTTPException: _http_error, Exception: _crash}
+        starlette = Starlette(routes=routes, exception_handlers=handlers)
+        self.app = Gate(self, starlette, starlette.router.routes)
+
+    def commit(self) -> None:
+        """Persist what the last request changed (or forget it when state lives in memory)."""
+        if self.storage is not None:
+            self.storage.flush(self.account)
+        else:
+            self.account.dirty.clear()
+
+    async def _stats(self, request: Request) -> Response:
+        if request.method == "DELETE":
+            self.stats.reset()
+        return respond(200, self.stats.snapshot())
+
+    def close(self) -> None:
+        if self.storage is not None:
+            self.storage.close()
+
+
+def _bind(emulator: Emulator, fn: Handler) -> Callable[[Request], Awaitable[Response]]:
+    async def endpoint(request: Request) -> Response:
+        response = await fn(emulator, request)
+        emulator.commit()
+        return response
+
+    return endpoint
+
+
+async def _api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    if isinstance(exc, Redirect):
+        path = request.url.path.replace(exc.old_id, exc.canonical_id, 1)
+        location = str(request.base_url).rstrip("/") + path
+        return respond(
+            exc.status,
+            {"message": exc.message, "uri": location},
+            {"Location": location, "Canonical-Profile-Id": exc.canonical_id},
+        )
+    return respond(exc.status, exc.body(), exc.headers)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own 404/405 (no such route or method), in the API's error shape."""
+    assert isinstance(exc, HTTPException)
+    message = "Not Found" if exc.status_code == 404 else f"Method {request.method} not allowed."
+    return respond(exc.status_code, ApiError(exc.status_code, message).body())
+
+
+async def _crash(request: Request, exc: Exception) -> Response:
+    return respond(500, ApiError(500, f"Emulator bug: {type(exc).__name__}: {exc}").body())
+
+
+UNAUTHORIZED = ApiError(
+    401,
+    "Authentication failed: wrong or missing credentials.",
+    headers={"WWW-Authenticate": 'Basic realm="Twilio"'},
+)
+
+
+class Gate:
+    """Outermost ASGI layer: latency, auth, throttle, faults, stats. See the module docstring."""
+
+    def __init__(self, emulator: Emulator, app: ASGIApp, routes: list[BaseRoute]) -> None:
+        self.emulator = emulator
+        self.app = app
+        self.routes = routes
+        config = emulator.config
+        token = base64.b64encode(f"{config.username}:{config.password}".encode()).decode()
+        self._expected_auth = f"Basic {token}".encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
+            await self.app(scope, receive, send)
+            return
+        emulator = self.emulator
+        stats, faults = emulator.stats, emulator.faults
+        op = self._operation(scope)
+        if faults.active:
+            delay = faults.latency()
+            if delay:
+                await asyncio.sleep(delay)
+        if not self._authorized(scope):
+            stats.record(op, "401")
+            await _send_error(send, UNAUTHORIZED)
+            return
+        if faults.bucket is not None:
+            wait = faults.bucket.take()
+            if wait:
+                stats.rate_limited += 1
+                stats.record(op, "429")
+                await _send_error(send, ApiError(
+                    429, "Too many requests. Please retry according to the Retry-After header.",
+                    headers={"Retry-After": str(wait)}))  # fmt: skip
+                return
+        fault = faults.draw(scope["method"] != "GET")
+        if fault in (Fault.ERROR_500, Fault.ERROR_503):
+            stats.faults[fault.value] += 1
+            stats.record(op, fault.value)
+            code = int(fault.value)
+            message = "Internal Server Error" if code == 500 else "Service Unavailable"
+            await _send_error(send, ApiError(code, message))
+            return
+        if fault is Fault.DROP:
+            stats.faults[fault.value] += 1
+            stats.record(op, "dropped")
+            _close_connection(send)
+            return
+        status: str = "?"
+
+        async def watch(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = str(message["status"])
+            if fault is not Fault.LOST_RESPONSE:
+                await send(message)
+
+        await self.app(scope, receive, watch)
+        if fault is Fault.LOST_RESPONSE:
+            stats.faults[fault.value] += 1
+            stats.record(op, "lost")
+            _close_connection(send)
+        else:
+            stats.record(op, status)
+
+    def _authorized(self, scope: Scope) -> bool:
+        header = b""
+        for key, value in scope["headers"]:
+            if key == b"authorization":
+                header = value
+                break
+        if header == self._expected_auth:
+            return True
+        scheme, _, encoded = header.partition(b" ")
+        if scheme.lower() != b"basic":
+            return False
+        try:
+            user, _, password = base64.b64decode(encoded.strip(), validate=True).partition(b":")
+        except (binascii.Error, ValueError):
+            return False
+        config = self.emulator.config
+        return hmac.compare_digest(user, config.username.encode()) & hmac.compare_digest(
+            password, config.password.encode()
+        )
+
+    def _operation(self, scope: Scope) -> str:
+        for route in self.routes:
+            match, _ = route.matches(scope)
+            if match is Match.FULL:
+                return getattr(route, "name", None) or "unknown"
+        return "unknown"
+
+
+async def _send_error(send: Send, exc: ApiError) -> None:
+    body = json.dumps(exc.body()).encode()
+    headers = [(b"content-type", JSON.encode()), (b"content-length", str(len(body)).encode())]
+    headers += [(k.lower().encode(), v.encode()) for k, v in exc.headers.items()]
+    await send({"type": "http.response.start", "status": exc.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _close_connection(send: Send) -> None:
+    """Close the TCP connection with no response at all, as a dying proxy would.
+
+    ASGI has no message for this, so it reaches uvicorn's per-request cycle (the owner of
+    ``send``) for its transport; marking the cycle disconnected stops uvicorn from answering 500.
+    """
+    cycle = getattr(send, "__self__", None)
+    transport = getattr(cycle, "transport", None)
+    if transport is None:
+        raise RuntimeError("dropping a connection needs the emulator served by uvicorn")
+    transport.close()
+    cycle.disconnected = True  # type: ignore[union-attr]
+
+
+# ------------------------------------------------------------------------------ endpoints
+
+
+def _query_int(request: Request, key: str, default: int, hi: int) -> int:
+    raw = request.query_params.get(key)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise bad_request(f"{key} must be an integer.") from None
+    if not 1 <= value <= hi:
+        raise bad_request(f"{key} must be between 1 and {hi}.")
+    return value
+
+
+def _order(request: Request) -> str:
+    order = request.query_params.get("orderBy", "DESC")
+    if order not in ("ASC", "DESC"):
+        raise bad_request("orderBy must be ASC or DESC.")
+    return order
+
+
+def _token(request: Request) -> str | None:
+    token = request.query_params.get("pageToken")
+    if token is not None and len(token) > 500:
+        raise bad_request("pageToken is longer than 500 characters.")
+    return token
+
+
+def _flag(request: Request, key: str, default: bool) -> bool:
+    raw = request.query_params.get(key)
+    if raw is None:
+        return default
+    if raw.lower() not in ("true", "false"):
+        raise bad_request(f"{key} must be true or false.")
+    return raw.lower() == "true"
+
+
+def _groups(request: Request, store: Store) -> list[str] | None:
+    raw = request.query_params.get("traitGroups")
+    if raw is None:
+        return None
+    if not 1 <= len(raw) <= 256:
+        raise bad_request("traitGroups must be 1 to 256 characters.")
+    names = [n.strip() for n in raw.split(",") if n.strip()]
+    for name in names:
+        if name not in store.groups:
+            raise bad_request(f"Unknown trait group {name!r} in traitGroups.")
+    return names
+
+
+async def _json(request: Request) -> Any:
+    return schema.parse_json(await request.body())
+
+
+def _accepted(emu: Emulator, request: Request, resource_id: str, message: str) -> Response:
+    """A control-plane 202: an Operation that is already complete, and where to read it."""
+    base = str(request.base_url).rstrip("/") + "/v1/ControlPlane/Operations"
+    op = emu.account.operation(resource_id, base)
+    headers = {"Operation-Id": op.id, "Location": op.status_url, "Retry-After": "0"}
+    return respond(202, {"message": message, "statusUrl": op.status_url}, headers)
+
+
+def _store(emu: Emulator, request: Request) -> Store:
+    return emu.account.store(request.path_params["storeId"])
+
+
+async def create_store(emu: Emulator, request: Request) -> Response:
+    store = emu.account.create_store(await _json(request))
+    return _accepted(emu, request, store.id, "Memory Store creation accepted for processing.")
+
+
+async def list_stores(emu: Emulator, request: Request) -> Response:
+    ids = sorted(emu.account.stores, reverse=_order(request) == "DESC")
+    size = _query_int(request, "pageSize", 50, 100)
+    return respond(200, paginate(ids, "stores", size, _token(request), 100))
+
+
+async def fetch_store(emu: Emulator, request: Request) -> Response:
+    store = _store(emu, request)
+    return respond(200, store.to_json(), {"ETag": etag("store", store.id, store.version)})
+
+
+async def patch_store(emu: Emulator, request: Request) -> Response:
+    store = _store(emu, request)
+    check_if_match(request.headers.get("if-match"), etag("store", store.id, store.version))
+    body = await request.body()
+    emu.account.patch_store(store, schema.parse_json(body) if body else {})
+    return _accepted(emu, request, store.id, "Memory Store update request accepted.")
+
+
+async def fetch_identity(emu: Emulator, request: Request) -> Response:
+    store = _store(emu, request)
+    tag = etag("identity", store.id, store.identity_version)
+    return respond(200, store.identity_json(), {"ETag": tag})
+
+
+async def put_identity(emu: Emulator, request: Request) -> Response:
+    store = _store(emu, request)
+    check_if_match(
+        request.headers.get("if-match"), etag("identity", store.id, store.identity_version)
+    )
+    emu.account.put_identity(store, await _json(request))
+    return _accepted(
+        emu, request, store.id, "Identity Resolution Settings accepted for processing."
+    )
+
+
+async def create_group(emu: Emulator, request: Request) -> Response:
+    store = _store(emu, request)
+    group = emu.account.create_group(store, await _json(request))
+    return _accepted(emu, request, group.name, "TraitGroup creation request accepted.")
+
+
+async def list_groups(emu: Emulator, request: Request) -> Response:
+    store = _store(emu, request)
+    include = _flag(request, "includeTraits", False)
+    groups = sorted(store.groups.values(), key=lambda g: g.name,
+                    reverse=_order(request) == "DESC")  # fmt: skip
+    size = _query_int(request, "pageSize", 50, 100)
+    items = [g.to_json(include) for g in groups]
+    return respond(200, paginate(items, "traitGroups", size, _token(request), 50))
+
+
+async def fetch_group(emu: Emulator, request: Request) -> Response:
+    """Traits come whole unless pageSize is given; then they page by name like any list."""
+    store = _store(emu, request)
+    group = emu.account.group(store, request.path_params["name"])
+    body: dict[str, Any] = group.to_json(_flag(request, "includeTraits", True))
+    meta: dict[str, Any] = {"key": "traitGroup", "pageSize": len(body.get("traits", {}))}
+    if "traits" in body and "pageSize" in request.query_params:
+        names = sorted(body["traits"], reverse=_order(request) == "DESC")
+        size = _query_int(request, "pageSize", 50, 100)
+        page = paginate(names, "traits", size, _token(request), 100)
+        body["traits"] = {n: body["traits"][n] for n in page["traits"]}
+        meta.update({k: v for k, v in page["meta"].items() if k != "key"})
+    tag = etag("traitGroup", f"{store.id}/{group.name}", group.version)
+    return respond(200, {"traitGroup": body, "meta": meta}, {"ETag": tag})
+
+
+async def patch_group(emu: Emulator, request: Request) -> Response:
+    store = _store(emu, request)
+    group = emu.account.group(store, request.path_params["name"])
+    tag = etag("traitGroup", f"{store.id}/{group.name}", group.version)
+    check_if_match(request.headers.get("if-match"), tag)
+    emu.account.patch_group(store, group, await _json(request))
+    return _accepted(emu, request, group.name, "TraitGroup update request accepted.")
+
+
+async def delete_group(emu: Emulator, request: Request) -> Response:
+    store = _store(emu, request)
+    group = emu.account.group(store, request.path_params["name"])
+    emu.account.delete_group(store, group)
+    return _accepted(emu, request, group.name, "TraitGroup deletion request accepted.")
+
+
+async def fetch_operation(emu: Emulator, request: Request) -> Response:
+    op_id = request.path_params["operationId"]
+    op = emu.account.operations.get(op_id)
+    if op is None:
+        raise ApiError(404, f"Operation {op_id} not found.")
+    return respond(200, op.to_json(), {"Operation-Id": op.id, "Retry-After": "0"})
+
+
+async def create_profile(emu: Emulator, request: Request) -> Response:
+    store = _store(emu, request)
+    profile_id = emu.account.create_profile(store, await _json(request))
+    return respond(202, {"message": "Profile resolved and accepted for processing.",
+                         "id": profile_id})  # fmt: skip
+
+
+async def list_profiles(emu: Emulator, request: Request) -> Response:
+    store = _store(emu, request)
+    size = min(_query_int(request, "pageSize", 50, 1000), 100)
+    return respond(200, emu.account.profile_ids(store, size, _token(request), _order(request)))
+
+
+async def bulk_profiles(emu: Emulator, request: Request) -> Response:
+    store = _store(emu, request)
+    emu.account.bulk_upsert(store, await _json(request))
+    return respond(202, {"message": "Profile batch accepted for processing."})
+
+
+async def lookup(emu: Emulator, request: Request) -> Response:
+    store = _store(emu, request)
+    return respond(200, emu.account.lookup(store, await _json(request)))
+
+
+async def fetch_profile(emu: Emulator, request: Request) -> Response:
+    store = _store(emu, request)
+    profile = emu.account.profile(store, request.path_params["profileId"], write=False)
+    return respond(200, emu.account.profile_json(profile, _groups(request, store)))
+
+
+async def patch_profile(emu: Emulator, request: Request) -> Response:
+    store = _store(emu, request)
+    profile = emu.account.profile(store, request.path_params["profileId"], write=True)
+    emu.account.patch_profile(store, profile, await _json(request))
+    return respond(202, {"message": "Trait modifications accepted for processing."})
+
+
+async def delete_profile(emu: Emulator, request: Request) -> Response:
+    store = _store(emu, request)
+    profile = emu.account.profile(store, request.path_params["profileId"], write=True)
+    emu.account.delete_profile(store, profile)
+    return respond(202, {"message": "Profile accepted for deletion."})
+
+
+async def list_traits(emu: Emulator, request: Request) -> Response:
+    store = _store(emu, request)
+    profile = emu.account.profile(store, request.path_params["profileId"], write=False)
+    rows = emu.account.trait_list(profile, _groups(request, store), _order(request))
+    size = _query_int(request, "pageSize", 50, 1000)
+    return respond(200, paginate(rows, "traits", size, _token(request), 100))
+
+
+async def list_identifiers(emu: Emulator, request: Request) -> Response:
+    store = _store(emu, request)
+    profile = emu.account.profile(store, request.path_params["profileId"], write=False)
+    sets = [{"idType": t, "values": list(v)} for t, v in profile.identifiers.items()]
+    return respond(200, {"identifiers": sets})
+
+
+async def add_identifier(emu: Emulator, request: Request) -> Response:
+    store = _store(emu, request)
+    profile = emu.account.profile(store, request.path_params["profileId"], write=True)
+    id_type, value = emu.account.identifier_body(store, await _json(request))
+    emu.account.add_identifier(store, profile, id_type, value, emu.account.clock())
+    return respond(202, {"message": "Identifier accepted for processing."})
+
+
+def _id_type(request: Request) -> str:
+    id_type: str = request.path_params["idType"]
+    if not 2 <= len(id_type) <= 30:
+        raise bad_request("idType must be 2 to 30 characters.")
+    return id_type
+
+
+async def fetch_identifier(emu: Emulator, request: Request) -> Response:
+    store = _store(emu, request)
+    profile = emu.account.profile(store, request.path_params["profileId"], write=False)
+    id_type = _id_type(request)
+    values = profile.identifiers.get(id_type)
+    if not values:
+        raise ApiError(404, f"Profile {profile.id} has no {id_type} identifier.")
+    return respond(200, {"idType": id_type, "values": list(values)})
+
+
+async def patch_identifier(emu: Emulator, request: Request) -> Response:
+    store = _store(emu, request)
+    profile = emu.account.profile(store, request.path_params["profileId"], write=True)
+    emu.account.replace_identifier(store, profile, _id_type(request), await _json(request))
+    return respond(202, {"message": "Identifier update accepted."})
+
+
+async def delete_identifier(emu: Emulator, request: Request) -> Response:
+    store = _store(emu, request)
+    profile = emu.account.profile(store, request.path_params["profileId"], write=True)
+    remove_all = _flag(request, "removeAll", False)
+    emu.account.remove_identifier(store, profile, _id_type(request), remove_all)
+    return respond(202, {"message": "Identifier removal accepted."})
+
+
+CP = "/v1/ControlPlane/Stores"
+DP = "/v1/Stores/{storeId}/Profiles"
+ROUTES: list[tuple[str, str, str, Handler]] = [
+    ("POST", CP, "stores.create", create_store),
+    ("GET", CP, "stores.list", list_stores),
+    ("GET", CP + "/{storeId}", "stores.fetch", fetch_store),
+    ("PATCH", CP + "/{storeId}", "stores.patch", patch_store),
+    ("GET", CP + "/{storeId}/IdentityResolutionSettings", "identity.fetch", fetch_identity),
+    ("PUT", CP + "/{storeId}/IdentityResolutionSettings", "identity.update", put_identity),
+    ("POST", CP + "/{storeId}/TraitGroups", "traitGroups.create", create_group),
+    ("GET", CP + "/{storeId}/TraitGroups", "traitGroups.list", list_groups),
+    ("GET", CP + "/{storeId}/TraitGroups/{name}", "traitGroups.fetch", fetch_group),
+    ("PATCH", CP + "/{storeId}/TraitGroups/{name}", "traitGroups.patch", patch_group),
+    ("DELETE", CP + "/{storeId}/TraitGroups/{name}", "traitGroups.delete", delete_group),
+    ("GET", "/v1/ControlPlane/Operations/{operationId}", "operations.fetch", fetch_operation),
+    ("POST", DP, "profiles.create", create_profile),
+    ("GET", DP, "profiles.list", list_profiles),
+    ("PUT", DP + "/Bulk", "profiles.bulk", bulk_profiles),
+    ("POST", DP + "/Lookup", "profiles.lookup", lookup),
+    ("GET", DP + "/{profileId}", "profiles.fetch", fetch_profile),
+    ("PATCH", DP + "/{profileId}", "profiles.patch", patch_profile),
+    ("DELETE", DP + "/{profileId}", "profiles.delete", delete_profile),
+    ("GET", DP + "/{profileId}/Traits", "traits.list", list_traits),
+    ("GET", DP + "/{profileId}/Identifiers", "identifiers.list", list_identifiers),
+    ("POST", DP + "/{profileId}/Identifiers", "identifiers.create", add_identifier),
+    ("GET", DP + "/{profileId}/Identifiers/{idType}", "identifiers.fetch", fetch_identifier),
+    ("PATCH", DP + "/{profileId}/Identifiers/{idType}", "identifiers.patch", patch_identifier),
+    ("DELETE", DP + "/{profileId}/Identifiers/{idType}", "identifiers.delete", delete_identifier),
+]

@@ -1,0 +1,262 @@
+"""The emulator's state outside memory: a seed document in, an optional SQLite file across restarts.
+
+The seed is one JSON document written in the API's own shapes, so a person can write it by hand::
+
+    {"stores": [{"id": "mem_store_...", "displayName": "sample", "description": "...",
+                 "identityResolutionSettings": {"identifierConfigs": [...], "matchingRules": [...]},
+                 "traitGroups": [{"displayName": "Loyalty", "traits": {"points": {...}}}],
+                 "profiles": [{"id": "mem_profile_...", "traits": {"Contact": {...}},
+                               "identifiers": [{"idType": "email", "values": ["a@x.io"]}],
+                               "mergedInto": "mem_profile_..."}]}]}
+
+Profiles with an ``id`` are placed as written (identifiers from ``identifiers``, else promoted
+from their traits), which is how a seed holds what the live API would refuse to build: an
+identifier shared by two profiles, or a profile already merged into another. Profiles without an
+``id`` go through identity resolution like ``POST /Profiles``.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import os
+import sqlite3  # noqa: TID251 - this module is the emulator's one door to SQLite
+from pathlib import Path
+from typing import Any
+
+from backfill.emulator import schema
+from backfill.emulator.apierror import ApiError
+from backfill.emulator.ids import PROFILE_ID, STORE_ID
+from backfill.emulator.state import Account, Operation, Profile, Store, TraitGroup
+from backfill.errors import ConfigError, EmulatorError
+
+
+def load_seed(account: Account, path: Path) -> None:
+    """Load a seed document into ``account``; a ConfigError names the file and the place."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"seed file {path}: {exc.strerror}") from exc
+    except ValueError as exc:
+        raise ConfigError(f"seed file {path} is not valid JSON: {exc}") from exc
+    if not isinstance(doc, dict) or not isinstance(doc.get("stores"), list):
+        raise ConfigError(f"seed file {path}: expected an object with a 'stores' list")
+    for i, raw in enumerate(doc["stores"]):
+        try:
+            _seed_store(account, raw)
+        except ApiError as exc:
+            raise ConfigError(f"seed file {path}: stores[{i}]: {exc.message}") from None
+    account.dirty.update(("store", s) for s in account.stores)
+
+
+def _seed_store(account: Account, raw: Any) -> None:
+    keys = {"id", "displayName", "description", "identityResolutionSettings", "traitGroups",
+            "profiles"}  # fmt: skip
+    data = schema.obj(raw, "store", keys, ("displayName",))
+    store = account.create_store({k: data[k] for k in ("displayName", "description") if k in data})
+    if "id" in data:
+        if not isinstance(data["id"], str) or not STORE_ID.match(data["id"]):
+            raise ApiError(400, f"store id {data['id']!r} does not match {STORE_ID.pattern}")
+        del account.stores[store.id]
+        account.dirty.discard(("store", store.id))
+        store.id = data["id"]
+        account.stores[store.id] = store
+    if "identityResolutionSettings" in data:
+        account.put_identity(store, data["identityResolutionSettings"])
+        store.identity_version = 1
+    for j, group in enumerate(data.get("traitGroups", [])):
+        where = f"traitGroups[{j}]"
+        name = group.get("displayName") if isinstance(group, dict) else None
+        if name in store.groups:
+            del store.groups[name]  # a seed may redefine the out-of-the-box Contact group
+        try:
+            account.create_group(store, group)
+        except ApiError as exc:
+            raise ApiError(400, f"{where}: {exc.message}") from None
+    merges: list[tuple[Profile, str]] = []
+    for j, item in enumerate(data.get("profiles", [])):
+        try:
+            merged_into = _seed_profile(account, store, item)
+        except ApiError as exc:
+            raise ApiError(400, f"profiles[{j}]: {exc.message}") from None
+        if merged_into is not None:
+            merges.append(merged_into)
+    for profile, target in merges:
+        if target not in store.profiles:
+            raise ApiError(400, f"profile {profile.id} is mergedInto unknown profile {target}")
+        for id_type, values in profile.identifiers.items():
+            for value in values:
+                account._unindex(store, id_type, value, profile.id)
+        profile.identifiers = {}
+        profile.merged_into = target
+        i = bisect.bisect_left(store.live_ids, profile.id)
+        if i < len(store.live_ids) and store.live_ids[i] == profile.id:
+            del store.live_ids[i]
+
+
+def _seed_profile(account: Account, store: Store, raw: Any) -> tuple[Profile, str] | None:
+    data = schema.obj(raw, "profile", {"id", "traits", "identifiers", "mergedInto", "createdAt"})
+    if "id" not in data:
+        account.create_profile(store, {"traits": data.get("traits", {})})
+        return None
+    profile_id = data["id"]
+    if not isinstance(profile_id, str) or not PROFILE_ID.match(profile_id):
+        raise ApiError(400, f"profile id {profile_id!r} does not match {PROFILE_ID.pattern}")
+    if profile_id in store.profiles:
+        raise ApiError(400, f"profile id {profile_id} appears twice")
+    traits, promoted = account.check_traits(store, data.get("traits", {}))
+    now = account.clock()
+    profile = Profile(profile_id, now)
+    store.profiles[profile_id] = profile
+    bisect.insort(store.live_ids, profile_id)
+    profile.traits = {
+        g: {k: (v, now) for k, v in t.items() if v is not None} for g, t in traits.items()
+    }
+    explicit = data.get("identifiers")
+    if explicit is not None:
+        promoted = []
+        for k, entry in enumerate(explicit):
+            item = schema.obj(
+                entry, f"identifiers[{k}]", {"idType", "values"}, ("idType", "values")
+            )
+            for value in item["values"]:
+                id_type, normalized = account.identifier_body(
+                    store, {"idType": item["idType"], "value": value}
+                )
+                promoted.append((id_type, normalized))
+    for id_type, value in promoted:
+        account._attach(store, profile, id_type, value, now)
+    target = data.get("mergedInto")
+    return (profile, target) if isinstance(target, str) else None
+
+
+# ------------------------------------------------------------------------ SQLite persistence
+
+
+def _store_doc(store: Store) -> dict[str, Any]:
+    return {
+        "id": store.id,
+        "displayName": store.display_name,
+        "description": store.description,
+        "createdAt": store.created_at,
+        "version": store.version,
+        "identity": store.identity_json(),
+        "traitGroups": [g.to_json() for g in store.groups.values()],
+    }
+
+
+def _profile_doc(profile: Profile) -> dict[str, Any]:
+    return {
+        "createdAt": profile.created_at,
+        "traits": {g: {k: [v, at] for k, (v, at) in t.items()} for g, t in profile.traits.items()},
+        "identifiers": profile.identifiers,
+        "mergedInto": profile.merged_into,
+        "deleted": profile.deleted,
+    }
+
+
+class SqliteStorage:
+    """Write-through persistence: after each request, the rows it dirtied; WAL, one commit."""
+
+    def __init__(self, path: Path) -> None:
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)  # it holds customer data
+            os.close(fd)
+            os.chmod(path, 0o600)
+            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(
+                """
+                CREATE TABLE IF NOT EXISTS stores (id TEXT PRIMARY KEY, doc TEXT NOT NULL);
+                CREATE TABLE IF NOT EXISTS profiles (
+                    store_id TEXT NOT NULL, id TEXT NOT NULL, doc TEXT NOT NULL,
+                    PRIMARY KEY (store_id, id));
+                CREATE TABLE IF NOT EXISTS operations (id TEXT PRIMARY KEY, doc TEXT NOT NULL);
+                """
+            )
+        except (OSError, sqlite3.Error) as exc:
+            raise EmulatorError(f"cannot open emulator state file {path}: {exc}") from exc
+        self.path = path
+
+    def is_empty(self) -> bool:
+        count: int = self._db.execute("SELECT count(*) FROM stores").fetchone()[0]
+        return count == 0
+
+    def load(self, account: Account) -> None:
+        for (doc,) in self._db.execute("SELECT doc FROM stores"):
+            d = json.loads(doc)
+            store = Store(d["id"], d["displayName"], d["description"], d["createdAt"], d["version"])
+            configs, rules = schema.identity_settings(
+                {k: d["identity"][k] for k in ("identifierConfigs", "matchingRules")}
+            )
+            store.configs = {c.id_type: c for c in configs}
+            store.rules = rules
+            store.identity_version = d["identity"]["version"]
+            for g in d["traitGroups"]:
+                defs = schema.trait_definitions(g.get("traits", {}), allow_delete=False)
+                store.groups[g["displayName"]] = TraitGroup(
+                    g["displayName"],
+                    g.get("description"),
+                    {k: v for k, v in defs.items() if v is not None},
+                    g["version"],
+                )
+            account.stores[store.id] = store
+        for store_id, profile_id, doc in self._db.execute(
+            "SELECT store_id, id, doc FROM profiles ORDER BY store_id, id"
+        ):
+            d = json.loads(doc)
+            store = account.stores[store_id]
+            profile = Profile(profile_id, d["createdAt"])
+            profile.traits = {
+                g: {k: (v, at) for k, (v, at) in t.items()} for g, t in d["traits"].items()
+            }
+            profile.identifiers = d["identifiers"]
+            profile.merged_into = d["mergedInto"]
+            profile.deleted = d["deleted"]
+            store.profiles[profile_id] = profile
+            if profile.merged_into is None and not profile.deleted:
+                store.live_ids.append(profile_id)  # rows come sorted by id
+            for id_type, values in profile.identifiers.items():
+                for value in values:
+                    store.index.setdefault((id_type, value), {})[profile_id] = profile.created_at
+        for (doc,) in self._db.execute("SELECT doc FROM operations"):
+            d = json.loads(doc)
+            account.operations[d["id"]] = Operation(
+                d["id"], d["createdAt"], d["resourceId"], d["statusUrl"]
+            )
+        account.dirty.clear()
+
+    def flush(self, account: Account) -> None:
+        if not account.dirty:
+            return
+        dirty, account.dirty = account.dirty, set()
+        try:
+            self._db.execute("BEGIN")
+            for key in dirty:
+                if key[0] == "store":
+                    store = account.stores.get(key[1])
+                    if store is not None:
+                        self._db.execute(
+                            "INSERT OR REPLACE INTO stores VALUES (?, ?)",
+                            (store.id, json.dumps(_store_doc(store))),
+                        )
+                elif key[0] == "profile":
+                    profile = account.stores[key[1]].profiles[key[2]]
+                    self._db.execute(
+                        "INSERT OR REPLACE INTO profiles VALUES (?, ?, ?)",
+                        (key[1], key[2], json.dumps(_profile_doc(profile))),
+                    )
+                else:
+                    op = account.operations[key[1]]
+                    doc = {"id": op.id, "createdAt": op.created_at,
+                           "resourceId": op.resource_id, "statusUrl": op.status_url}  # fmt: skip
+                    self._db.execute(
+                        "INSERT OR REPLACE INTO operations VALUES (?, ?)", (op.id, json.dumps(doc))
+                    )
+            self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise EmulatorError(f"cannot write emulator state file {self.path}: {exc}") from exc
+
+    def close(self) -> None:
+        self._db.close()

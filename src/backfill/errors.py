@@ -1,0 +1,34 @@
+"""The one error hierarchy of backfill.
+
+Every error the library raises on purpose is a ``BackfillError``; ``cli.main`` maps each class
+below to one exit code, so adding a class here means adding its line there::
+
+    BackfillError                anything we raise on purpose (exit 1 unless below)
+    ├── ConfigError              bad job file, option or seed file; nothing written (exit 2)
+    │   └── InvalidIdentifierError  a value its identifier's normalization rejects
+    ├── AuthError                credentials missing or refused (401/403): stop at once (exit 3)
+    └── EmulatorError            the local emulator could not start or serve (exit 1)
+
+Third-party errors (httpx, sqlite3, polars, uvicorn) are translated at the edge of the module that
+calls them, with ``raise ... from exc``, so callers only ever catch these.
+"""
+
+
+class BackfillError(Exception):
+    """Root of every error backfill raises on purpose."""
+
+
+class ConfigError(BackfillError):
+    """Input that cannot be used as given; the message names the key or file and what is wrong."""
+
+
+class InvalidIdentifierError(ConfigError, ValueError):
+    """An identifier value that its normalization rejects (e.g. a phone number with 7 digits)."""
+
+
+class AuthError(BackfillError):
+    """Credentials missing or refused; retrying cannot help."""
+
+
+class EmulatorError(BackfillError):
+    """The emulator failed to start (port taken, unreadable state file)."""
