@@ -14,7 +14,7 @@ import binascii
 import hmac
 import json
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from starlette.applications import Starlette
@@ -36,7 +36,7 @@ JSON = "application/json"
 Handler = Callable[["Emulator", Request], Awaitable[Response]]
 
 
-def respond(status: int, payload: Any, headers: dict[str, str] | None = None) -> Response:
+def respond(status: int, payload: Any, headers: Mapping[str, str] | None = None) -> Response:
     return Response(json.dumps(payload), status, headers, JSON)
 
 
@@ -91,7 +91,8 @@ async def _api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
     if isinstance(exc, Redirect):
         path = request.url.path.replace(exc.old_id, exc.canonical_id, 1)
-        location = str(request.base_url).rstrip("/") + path
+        query = f"?{request.url.query}" if request.url.query else ""
+        location = str(request.base_url).rstrip("/") + path + query
         return respond(
             exc.status,
             {"message": exc.message, "uri": location},
@@ -104,13 +105,14 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     """Starlette's own 404/405 (no such route or method), in the API's error shape."""
     assert isinstance(exc, HTTPException)
     message = "Not Found" if exc.status_code == 404 else f"Method {request.method} not allowed."
-    return respond(exc.status_code, ApiError(exc.status_code, message).body())
+    return respond(exc.status_code, ApiError(exc.status_code, message).body(), exc.headers)
 
 
 async def _crash(request: Request, exc: Exception) -> Response:
     return respond(500, ApiError(500, f"Emulator bug: {type(exc).__name__}: {exc}").body())
 
 
+READS = frozenset({"profiles.lookup"})  # a POST that writes nothing: no response to lose
 UNAUTHORIZED = ApiError(
     401,
     "Authentication failed: wrong or missing credentials.",
@@ -153,7 +155,7 @@ class Gate:
                     429, "Too many requests. Please retry according to the Retry-After header.",
                     headers={"Retry-After": str(wait)}))  # fmt: skip
                 return
-        fault = faults.draw(scope["method"] != "GET")
+        fault = faults.draw(scope["method"] != "GET" and op not in READS)
         if fault in (Fault.ERROR_500, Fault.ERROR_503):
             stats.faults[fault.value] += 1
             stats.record(op, fault.value)
@@ -164,6 +166,7 @@ class Gate:
         if fault is Fault.DROP:
             stats.faults[fault.value] += 1
             stats.record(op, "dropped")
+            await _drain(receive)
             _close_connection(send)
             return
         status: str = "?"
@@ -209,6 +212,15 @@ class Gate:
             if match is Match.FULL:
                 return getattr(route, "name", None) or "unknown"
         return "unknown"
+
+
+async def _drain(receive: Receive) -> None:
+    """Read the request body to its end: closing a socket with unread bytes sends a TCP reset,
+    and a dropped response should look like a clean disconnect, not a reset."""
+    while True:
+        message = await receive()
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            return
 
 
 async def _send_error(send: Send, exc: ApiError) -> None:
@@ -289,12 +301,23 @@ async def _json(request: Request) -> Any:
     return schema.parse_json(await request.body())
 
 
+async def _optional_json(request: Request) -> Any:
+    """A body the API marks optional: none at all means an empty patch; anything else is JSON."""
+    raw = await request.body()
+    return schema.parse_json(raw) if raw else {}
+
+
 def _accepted(emu: Emulator, request: Request, resource_id: str, message: str) -> Response:
     """A control-plane 202: an Operation that is already complete, and where to read it."""
-    base = str(request.base_url).rstrip("/") + "/v1/ControlPlane/Operations"
-    op = emu.account.operation(resource_id, base)
-    headers = {"Operation-Id": op.id, "Location": op.status_url, "Retry-After": "0"}
-    return respond(202, {"message": message, "statusUrl": op.status_url}, headers)
+    op = emu.account.operation(resource_id)
+    url = _operation_url(request, op.id)
+    headers = {"Operation-Id": op.id, "Location": url, "Retry-After": "0"}
+    return respond(202, {"message": message, "statusUrl": url}, headers)
+
+
+def _operation_url(request: Request, op_id: str) -> str:
+    """Built per request, so a restarted emulator on another port still answers with its own."""
+    return str(request.base_url).rstrip("/") + f"/v1/ControlPlane/Operations/{op_id}"
 
 
 def _store(emu: Emulator, request: Request) -> Store:
@@ -320,8 +343,7 @@ async def fetch_store(emu: Emulator, request: Request) -> Response:
 async def patch_store(emu: Emulator, request: Request) -> Response:
     store = _store(emu, request)
     check_if_match(request.headers.get("if-match"), etag("store", store.id, store.version))
-    body = await request.body()
-    emu.account.patch_store(store, schema.parse_json(body) if body else {})
+    emu.account.patch_store(store, await _optional_json(request))
     return _accepted(emu, request, store.id, "Memory Store update request accepted.")
 
 
@@ -379,7 +401,7 @@ async def patch_group(emu: Emulator, request: Request) -> Response:
     group = emu.account.group(store, request.path_params["name"])
     tag = etag("traitGroup", f"{store.id}/{group.name}", group.version)
     check_if_match(request.headers.get("if-match"), tag)
-    emu.account.patch_group(store, group, await _json(request))
+    emu.account.patch_group(store, group, await _optional_json(request))
     return _accepted(emu, request, group.name, "TraitGroup update request accepted.")
 
 
@@ -395,7 +417,8 @@ async def fetch_operation(emu: Emulator, request: Request) -> Response:
     op = emu.account.operations.get(op_id)
     if op is None:
         raise ApiError(404, f"Operation {op_id} not found.")
-    return respond(200, op.to_json(), {"Operation-Id": op.id, "Retry-After": "0"})
+    body = op.to_json(_operation_url(request, op.id))
+    return respond(200, body, {"Operation-Id": op.id, "Retry-After": "0"})
 
 
 async def create_profile(emu: Emulator, request: Request) -> Response:

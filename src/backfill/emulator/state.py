@@ -73,15 +73,14 @@ class Operation:
     id: str
     created_at: float
     resource_id: str
-    status_url: str
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, status_url: str) -> dict[str, Any]:
         return {
             "operationId": self.id,
             "status": "COMPLETED",
             "createdAt": iso(self.created_at),
             "completedAt": iso(self.created_at),
-            "statusUrl": self.status_url,
+            "statusUrl": status_url,
             "result": {"type": "RESOURCE_ID", "id": self.resource_id},
         }
 
@@ -219,9 +218,9 @@ class Account:
             raise not_found(f"Store {store_id} not found.")
         return store
 
-    def operation(self, resource_id: str, status_base: str) -> Operation:
+    def operation(self, resource_id: str) -> Operation:
         op_id = self.minter.mint("mem_operation")
-        op = Operation(op_id, self.clock(), resource_id, f"{status_base}/{op_id}")
+        op = Operation(op_id, self.clock(), resource_id)
         self.operations[op_id] = op
         self.dirty.add(("op", op_id))
         return op
@@ -242,7 +241,7 @@ class Account:
         return store
 
     def patch_store(self, store: Store, body: Any) -> None:
-        data = schema.obj(body or {}, "request body", {"displayName", "description"})
+        data = schema.obj(body, "request body", {"displayName", "description"})
         if "displayName" in data:
             display = schema.string(data["displayName"], "displayName", max_len=64, min_len=1)
             if not schema.STORE_NAME.match(display):
@@ -288,7 +287,7 @@ class Account:
         return group
 
     def patch_group(self, store: Store, group: TraitGroup, body: Any) -> None:
-        data = schema.obj(body or {}, "request body", {"description", "traits"})
+        data = schema.obj(body, "request body", {"description", "traits"})
         if "description" in data:
             group.description = schema.string(data["description"], "description", max_len=1024)
         changes = schema.trait_definitions(data.get("traits", {}), allow_delete=True)

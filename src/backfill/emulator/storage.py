@@ -41,11 +41,16 @@ def load_seed(account: Account, path: Path) -> None:
         raise ConfigError(f"seed file {path} is not valid JSON: {exc}") from exc
     if not isinstance(doc, dict) or not isinstance(doc.get("stores"), list):
         raise ConfigError(f"seed file {path}: expected an object with a 'stores' list")
-    for i, raw in enumerate(doc["stores"]):
-        try:
-            _seed_store(account, raw)
-        except ApiError as exc:
-            raise ConfigError(f"seed file {path}: stores[{i}]: {exc.message}") from None
+    clock, lag = account.clock, account.write_lag
+    account.clock = lambda: clock() - lag  # seeded data is already visible when serving starts
+    try:
+        for i, raw in enumerate(doc["stores"]):
+            try:
+                _seed_store(account, raw)
+            except ApiError as exc:
+                raise ConfigError(f"seed file {path}: stores[{i}]: {exc.message}") from None
+    finally:
+        account.clock = clock
     account.dirty.update(("store", s) for s in account.stores)
 
 
@@ -84,11 +89,18 @@ def _seed_store(account: Account, raw: Any) -> None:
     for profile, target in merges:
         if target not in store.profiles:
             raise ApiError(400, f"profile {profile.id} is mergedInto unknown profile {target}")
-        for id_type, values in profile.identifiers.items():
+        # As a live merge does: the identifiers move to the canonical profile, the traits stay
+        # behind (the seed says what the canonical profile holds), and the old ID redirects.
+        canonical = store.profiles[target]
+        moved = profile.identifiers
+        for id_type, values in moved.items():
             for value in values:
                 account._unindex(store, id_type, value, profile.id)
         profile.identifiers = {}
         profile.merged_into = target
+        for id_type, values in moved.items():
+            for value in values:
+                account._attach(store, canonical, id_type, value, canonical.created_at)
         i = bisect.bisect_left(store.live_ids, profile.id)
         if i < len(store.live_ids) and store.live_ids[i] == profile.id:
             del store.live_ids[i]
@@ -109,6 +121,7 @@ def _seed_profile(account: Account, store: Store, raw: Any) -> tuple[Profile, st
     profile = Profile(profile_id, now)
     store.profiles[profile_id] = profile
     bisect.insort(store.live_ids, profile_id)
+    account.dirty.add(("profile", store.id, profile_id))
     profile.traits = {
         g: {k: (v, now) for k, v in t.items() if v is not None} for g, t in traits.items()
     }
@@ -222,9 +235,7 @@ class SqliteStorage:
                     store.index.setdefault((id_type, value), {})[profile_id] = profile.created_at
         for (doc,) in self._db.execute("SELECT doc FROM operations"):
             d = json.loads(doc)
-            account.operations[d["id"]] = Operation(
-                d["id"], d["createdAt"], d["resourceId"], d["statusUrl"]
-            )
+            account.operations[d["id"]] = Operation(d["id"], d["createdAt"], d["resourceId"])
         account.dirty.clear()
 
     def flush(self, account: Account) -> None:
@@ -249,8 +260,7 @@ class SqliteStorage:
                     )
                 else:
                     op = account.operations[key[1]]
-                    doc = {"id": op.id, "createdAt": op.created_at,
-                           "resourceId": op.resource_id, "statusUrl": op.status_url}  # fmt: skip
+                    doc = {"id": op.id, "createdAt": op.created_at, "resourceId": op.resource_id}
                     self._db.execute(
                         "INSERT OR REPLACE INTO operations VALUES (?, ?)", (op.id, json.dumps(doc))
                     )

@@ -1,0 +1,186 @@
+"""`backfill emulator` as a user runs it: a real process, its stdout, exit codes and --help."""
+
+from __future__ import annotations
+
+import re
+import selectors
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+SEED = Path(__file__).parents[1] / "data" / "emulator_seed.json"
+STORE = "mem_store_01jtest0000000000000000000"
+DEFAULT_AUTH = ("AC00000000000000000000000000000000", "emulator")
+ALL_INTERFACES = "0.0.0.0"  # noqa: S104 - the address the emulator must refuse
+READY = re.compile(r"listening on http://127\.0\.0\.1:([0-9]+)")
+SWITCHES = [
+    "--host",
+    "--port",
+    "--auth",
+    "--rate",
+    "--burst",
+    "--fault-rate",
+    "--drop-rate",
+    "--lost-response-rate",
+    "--latency-ms",
+    "--write-lag-ms",
+    "--random-seed",
+    "--state",
+    "--seed",
+]
+
+
+def backfill(*args: str) -> list[str]:
+    """The command line for this venv's interpreter running the package."""
+    return [sys.executable, "-m", "backfill", *args]
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run a command that is expected to exit on its own (bad input, --help)."""
+    return subprocess.run(  # noqa: S603 - our own interpreter and package, fixed arguments
+        backfill(*args), capture_output=True, text=True, timeout=30, check=False
+    )
+
+
+def read_line(proc: subprocess.Popen[str], timeout: float) -> str:
+    """The first stdout line, or fail after ``timeout`` seconds (the process may hang)."""
+    assert proc.stdout is not None
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if sel.select(timeout=0.05):
+                return proc.stdout.readline()
+            if proc.poll() is not None:
+                break
+    raise AssertionError(f"no 'listening on' line; exit code {proc.poll()}")
+
+
+@pytest.fixture
+def spawn() -> Iterator[list[subprocess.Popen[str]]]:
+    """Processes started by a test; each is terminated (then killed) however the test ends."""
+    procs: list[subprocess.Popen[str]] = []
+    yield procs
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
+
+
+def start(spawn: list[subprocess.Popen[str]], *args: str) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(  # noqa: S603 - our own interpreter and package, fixed arguments
+        backfill("emulator", *args),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        bufsize=1,
+    )
+    spawn.append(proc)
+    return proc
+
+
+def test_port_0_prints_the_url_then_serves(spawn: list[subprocess.Popen[str]]) -> None:
+    """`--port 0` prints exactly `listening on http://127.0.0.1:PORT`, then answers there."""
+    proc = start(spawn, "--port", "0", "--seed", str(SEED))
+    line = read_line(proc, timeout=20)
+    match = READY.fullmatch(line.rstrip("\n"))
+    assert match, repr(line)
+    assert line.endswith("\n")
+    url = f"http://127.0.0.1:{match.group(1)}"
+    assert int(match.group(1)) != 0
+    stores = httpx.get(f"{url}/v1/ControlPlane/Stores", auth=DEFAULT_AUTH, timeout=10)
+    assert stores.status_code == 200, stores.text
+    assert stores.json()["stores"] == [STORE]
+    assert httpx.get(f"{url}/v1/ControlPlane/Stores", timeout=10).status_code == 401
+    proc.terminate()
+    proc.wait(timeout=10)
+    assert proc.stdout is not None
+    assert proc.stdout.read() == ""  # nothing else on stdout
+
+
+def test_auth_switch_sets_the_credentials(spawn: list[subprocess.Popen[str]]) -> None:
+    """`--auth SID:SECRET` replaces the default pair."""
+    proc = start(spawn, "--port", "0", "--auth", "SKtest:pa:ss")
+    match = READY.fullmatch(read_line(proc, timeout=20).rstrip("\n"))
+    assert match
+    url = f"http://127.0.0.1:{match.group(1)}/v1/ControlPlane/Stores"
+    assert httpx.get(url, auth=("SKtest", "pa:ss"), timeout=10).status_code == 200
+    assert httpx.get(url, auth=DEFAULT_AUTH, timeout=10).status_code == 401
+
+
+def test_non_loopback_host_is_refused() -> None:
+    """`--host 0.0.0.0` exits 2 saying the emulator binds to loopback only."""
+    result = run("emulator", "--host", ALL_INTERFACES, "--port", "0")
+    assert result.returncode == 2
+    assert "loopback only" in result.stderr
+    assert ALL_INTERFACES in result.stderr
+    assert result.stdout == ""
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--fault-rate", "2"], "--fault-rate"),
+        (["--drop-rate", "-0.1"], "--drop-rate"),
+        (["--lost-response-rate", "x"], "--lost-response-rate"),
+        (["--rate", "0"], "--rate"),
+        (["--auth", "nocolon"], "SID:SECRET"),
+        (["--auth", ":secret"], "SID:SECRET"),
+        (["--port", "http"], "--port"),
+    ],
+)
+def test_bad_switch_values_exit_2(args: list[str], needle: str) -> None:
+    """argparse rejects out-of-range or malformed switch values with exit code 2."""
+    result = run("emulator", "--port", "0", *args)
+    assert result.returncode == 2, result.stderr
+    assert needle in result.stderr
+    assert result.stdout == ""
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--burst", "5"], "burst"),  # --burst needs --rate
+        (["--fault-rate", "0.6", "--drop-rate", "0.6"], "must not exceed 1"),
+        (["--port", "70000"], "port"),
+        (["--latency-ms", "-5"], "latency-ms"),
+    ],
+)
+def test_inconsistent_switches_exit_2(args: list[str], needle: str) -> None:
+    """Combinations the config refuses exit 2 with `backfill: error:` and the reason."""
+    result = run("emulator", "--port", "0", *args)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("backfill: error:")
+    assert needle in result.stderr
+
+
+def test_missing_seed_file_exits_2(tmp_path: Path) -> None:
+    """`--seed missing.json` exits 2 naming the file."""
+    missing = tmp_path / "missing.json"
+    result = run("emulator", "--port", "0", "--seed", str(missing))
+    assert result.returncode == 2
+    assert str(missing) in result.stderr
+    assert result.stdout == ""
+
+
+def test_help_lists_every_switch() -> None:
+    """`backfill emulator --help` (the installed console script) documents every switch."""
+    script = Path(sys.executable).parent / "backfill"
+    result = subprocess.run(  # noqa: S603 - the venv's own entry point
+        [str(script), "emulator", "--help"], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert result.returncode == 0
+    for switch in SWITCHES:
+        assert re.search(rf"^\s+{re.escape(switch)}\b", result.stdout, re.MULTILINE), switch
