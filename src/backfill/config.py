@@ -1,0 +1,348 @@
+"""The job file: one TOML document, read and checked completely before anything is read or sent.
+
+``load_job(path)`` is the stage's one entry. Every problem is a ``ConfigError`` naming the file,
+the key (``traits.Loyalty.points.type``) and what is wrong, so a cron job fails at once with a
+message a person can act on. Unknown keys are errors too: a typo must not silently do nothing.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from backfill.errors import ConfigError
+from backfill.normalize import NORMALIZATIONS
+
+STORE_ID = re.compile(r"^mem_(store|service)_[0-7][0-9a-z]{25}$")
+GROUP_NAME = re.compile(r"^[a-zA-Z0-9_\-\.]{1,64}$")
+TRAIT_NAME = re.compile(r"^[a-z][a-zA-Z0-9_\-\.]{0,63}$")
+JOB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-\.]{0,99}$")
+DATA_TYPES = ("STRING", "NUMBER", "BOOLEAN", "ARRAY")
+EMULATOR = "emulator"
+
+DataType = Literal["STRING", "NUMBER", "BOOLEAN", "ARRAY"]
+Nulls = Literal["skip", "delete"]
+
+
+@dataclass(frozen=True)
+class Connection:
+    base_url: str  # "emulator" or an https URL
+    store_id: str
+    seed: Path | None = None  # emulator only
+
+    @property
+    def embedded(self) -> bool:
+        return self.base_url == EMULATOR
+
+
+@dataclass(frozen=True)
+class Source:
+    paths: tuple[str, ...]  # files or globs, as written
+    order_by: str | None = None
+    nulls: Nulls = "skip"
+    delimiter: str = ","
+    batch_rows: int = 100_000
+
+
+@dataclass(frozen=True)
+class Identifier:
+    column: str
+    id_type: str
+    normalization: str
+    default_region: str = "US"
+
+
+@dataclass(frozen=True)
+class Identity:
+    identifiers: tuple[Identifier, ...] = ()
+    profile_id_column: str | None = None
+    identity_map: Path | None = None
+    lookup: bool = True
+    on_unresolved: Literal["report", "create"] = "report"
+    on_ambiguous: Literal["report", "first"] = "report"
+
+
+@dataclass(frozen=True)
+class TraitMapping:
+    group: str
+    trait: str
+    column: str
+    type: DataType = "STRING"
+    split: str | None = None  # ARRAY: the separator inside one cell
+    nulls: Nulls = "skip"  # what a blank cell means: leave the trait alone, or delete it
+
+
+@dataclass(frozen=True)
+class Send:
+    concurrency: int = 16
+    rate: float = 50.0
+    burst: int | None = None  # default: a tenth of a second's worth, at least 1
+    max_attempts: int = 6
+    adaptive: bool = True
+    timeout: float = 30.0
+
+    @property
+    def effective_burst(self) -> int:
+        return self.burst if self.burst is not None else max(1, int(self.rate / 10))
+
+
+@dataclass(frozen=True)
+class Job:
+    path: Path
+    name: str
+    connection: Connection
+    source: Source
+    identity: Identity
+    traits: tuple[TraitMapping, ...]
+    send: Send = field(default_factory=Send)
+    output_dir: Path = Path("out")
+
+    @property
+    def columns(self) -> list[str]:
+        """Every source column the job reads, each once, in a stable order."""
+        wanted: list[str] = []
+        if self.identity.profile_id_column:
+            wanted.append(self.identity.profile_id_column)
+        wanted += [i.column for i in self.identity.identifiers]
+        if self.source.order_by:
+            wanted.append(self.source.order_by)
+        wanted += [t.column for t in self.traits]
+        return list(dict.fromkeys(wanted))
+
+
+class _Reader:
+    """Walks one TOML table, remembering the key path for messages and refusing unknown keys."""
+
+    def __init__(self, file: Path, table: dict[str, Any], where: str) -> None:
+        self.file = file
+        self.table = table
+        self.where = where
+
+    def error(self, key: str, message: str) -> ConfigError:
+        name = f"{self.where}.{key}" if self.where else key
+        return ConfigError(f"{self.file}: {name}: {message}")
+
+    def only(self, *allowed: str) -> None:
+        for key in self.table:
+            if key not in allowed:
+                hint = f" (known keys: {', '.join(allowed)})" if allowed else ""
+                raise self.error(key, f"unknown key{hint}")
+
+    def sub(self, key: str, required: bool = False) -> _Reader:
+        value = self.table.get(key, None)
+        if value is None:
+            if required:
+                raise self.error(key, "is required")
+            value = {}
+        if not isinstance(value, dict):
+            raise self.error(key, "must be a table")
+        return _Reader(self.file, value, f"{self.where}.{key}" if self.where else key)
+
+    def string(self, key: str, default: str | None = None, *, required: bool = False) -> str | None:
+        value = self.table.get(key)
+        if value is None:
+            if required:
+                raise self.error(key, "is required")
+            return default
+        if not isinstance(value, str) or not value.strip():
+            raise self.error(key, "must be a non-empty string")
+        return value
+
+    def req(self, key: str) -> str:
+        value = self.string(key, required=True)
+        assert value is not None
+        return value
+
+    def choice(self, key: str, options: tuple[str, ...], default: str) -> str:
+        value = self.string(key, default)
+        if value not in options:
+            raise self.error(key, f"must be one of {', '.join(options)} (got {value!r})")
+        return value
+
+    def boolean(self, key: str, default: bool) -> bool:
+        value = self.table.get(key, default)
+        if not isinstance(value, bool):
+            raise self.error(key, "must be true or false")
+        return value
+
+    def number(self, key: str, default: float, *, lo: float, integer: bool = False) -> float:
+        value = self.table.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self.error(key, "must be a number")
+        if integer and not isinstance(value, int):
+            raise self.error(key, "must be a whole number")
+        if value < lo:
+            raise self.error(key, f"must be at least {lo:g} (got {value})")
+        return value
+
+
+def load_job(path: Path | str) -> Job:
+    """Read and check a job file; raise ConfigError naming the key on the first problem."""
+    path = Path(path)
+    try:
+        with path.open("rb") as f:
+            raw = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such job file") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+
+    top = _Reader(path, raw, "")
+    top.only("name", "connection", "source", "identity", "traits", "send", "output")
+    name = top.req("name")
+    if not JOB_NAME.match(name):
+        raise top.error("name", "use letters, digits, '-', '_' or '.' (it names the output folder)")
+    connection = _connection(top.sub("connection", required=True))
+    source = _source(top.sub("source", required=True))
+    identity = _identity(top.sub("identity"))
+    traits = _traits(top.sub("traits", required=True), source.nulls)
+    send = _send(top.sub("send"))
+    output = top.sub("output")
+    output.only("dir")
+    out_dir = Path(output.string("dir") or f"out/{name}")
+
+    if identity.profile_id_column is None and not identity.identifiers:
+        raise top.error(
+            "identity", "set profile_id_column or at least one [[identity.identifiers]]"
+        )
+    return Job(path, name, connection, source, identity, traits, send, out_dir)
+
+
+def _connection(r: _Reader) -> Connection:
+    r.only("base_url", "store_id", "seed")
+    base_url = r.req("base_url").rstrip("/")
+    if base_url != EMULATOR and not (
+        base_url.startswith("https://") or _is_loopback_http(base_url)
+    ):
+        raise r.error("base_url", "must be 'emulator' or an https:// URL (TLS stays on)")
+    store_id = r.req("store_id")
+    if not STORE_ID.match(store_id):
+        raise r.error("store_id", f"{store_id!r} does not look like mem_store_<26 characters>")
+    seed = r.string("seed")
+    if seed is not None and base_url != EMULATOR:
+        raise r.error("seed", "only applies when base_url = 'emulator'")
+    return Connection(base_url, store_id, Path(seed) if seed else None)
+
+
+def _is_loopback_http(url: str) -> bool:
+    """Plain http is allowed only to a local emulator started by hand."""
+    return re.match(r"^http://(127\.\d+\.\d+\.\d+|localhost|\[::1\])(:\d+)?$", url) is not None
+
+
+def _source(r: _Reader) -> Source:
+    r.only("paths", "order_by", "nulls", "delimiter", "batch_rows")
+    paths = r.table.get("paths")
+    if isinstance(paths, str):
+        paths = [paths]
+    if not isinstance(paths, list) or not paths:
+        raise r.error("paths", "must be a non-empty list of files or globs")
+    for p in paths:
+        if not isinstance(p, str) or not p.strip():
+            raise r.error("paths", "every entry must be a non-empty string")
+        if not p.endswith((".csv", ".csv.gz", ".parquet")):
+            raise r.error("paths", f"{p!r}: only .csv, .csv.gz and .parquet files are read")
+    delimiter = r.string("delimiter", ",")
+    assert delimiter is not None
+    if len(delimiter) != 1:
+        raise r.error("delimiter", "must be a single character")
+    batch = int(r.number("batch_rows", 100_000, lo=1_000, integer=True))
+    nulls = r.choice("nulls", ("skip", "delete"), "skip")
+    return Source(tuple(paths), r.string("order_by"), nulls, delimiter, batch)  # type: ignore[arg-type]
+
+
+def _identity(r: _Reader) -> Identity:
+    r.only("profile_id_column", "identity_map", "lookup", "on_unresolved", "on_ambiguous",
+           "identifiers")  # fmt: skip
+    raw = r.table.get("identifiers", [])
+    if not isinstance(raw, list):
+        raise r.error("identifiers", "must be an array of tables ([[identity.identifiers]])")
+    identifiers = []
+    for i, item in enumerate(raw):
+        if not isinstance(item, dict):
+            raise r.error(f"identifiers[{i}]", "must be a table")
+        ir = _Reader(r.file, item, f"{r.where}.identifiers[{i}]")
+        ir.only("column", "id_type", "normalization", "default_region")
+        id_type = ir.req("id_type")
+        if not 2 <= len(id_type) <= 30:
+            raise ir.error("id_type", "must be 2 to 30 characters, as the store's idType")
+        region = ir.string("default_region", "US")
+        assert region is not None
+        if not re.match(r"^[A-Z]{2}$", region):
+            raise ir.error("default_region", "must be a two-letter region code such as US")
+        identifiers.append(
+            Identifier(
+                ir.req("column"),
+                id_type,
+                ir.choice("normalization", NORMALIZATIONS, "trim"),
+                region,
+            )
+        )
+    seen = [i.id_type for i in identifiers]
+    if len(seen) != len(set(seen)):
+        raise r.error("identifiers", "each id_type may appear once (priority order is by position)")
+    id_map = r.string("identity_map")
+    if id_map is not None and not id_map.endswith((".csv", ".parquet")):
+        raise r.error("identity_map", "must be a .csv or .parquet file")
+    return Identity(
+        tuple(identifiers),
+        r.string("profile_id_column"),
+        Path(id_map) if id_map else None,
+        r.boolean("lookup", True),
+        r.choice("on_unresolved", ("report", "create"), "report"),  # type: ignore[arg-type]
+        r.choice("on_ambiguous", ("report", "first"), "report"),  # type: ignore[arg-type]
+    )
+
+
+def _traits(r: _Reader, default_nulls: str) -> tuple[TraitMapping, ...]:
+    mappings: list[TraitMapping] = []
+    if not r.table:
+        raise r.error("", 'map at least one trait: [traits.Group] trait = "column"')
+    for group, table in r.table.items():
+        if not GROUP_NAME.match(group):
+            raise r.error(group, "trait group names are 1-64 of letters, digits, '_', '-', '.'")
+        if not isinstance(table, dict) or not table:
+            raise r.error(group, "must be a table of trait = column")
+        gr = _Reader(r.file, table, f"{r.where}.{group}")
+        for trait, spec in table.items():
+            if not TRAIT_NAME.match(trait):
+                raise gr.error(trait, "trait names are lowerCamelCase: start with a-z, then "
+                               "letters, digits, '_', '-', '.' (at most 64)")  # fmt: skip
+            mappings.append(_trait(gr, group, trait, spec, default_nulls))
+    return tuple(mappings)
+
+
+def _trait(gr: _Reader, group: str, trait: str, spec: Any, default_nulls: str) -> TraitMapping:
+    if isinstance(spec, str):
+        if not spec.strip():
+            raise gr.error(trait, "the column name is empty")
+        return TraitMapping(group, trait, spec, nulls=default_nulls)  # type: ignore[arg-type]
+    if not isinstance(spec, dict):
+        raise gr.error(trait, 'must be a column name or a table like { column = "..." }')
+    tr = _Reader(gr.file, spec, f"{gr.where}.{trait}")
+    tr.only("column", "type", "split", "nulls")
+    kind = tr.choice("type", DATA_TYPES, "STRING")
+    split = tr.string("split")
+    if split is not None and kind != "ARRAY":
+        raise tr.error("split", 'only applies to type = "ARRAY"')
+    nulls = tr.choice("nulls", ("skip", "delete"), default_nulls)
+    return TraitMapping(group, trait, tr.req("column"), kind, split, nulls)  # type: ignore[arg-type]
+
+
+def _send(r: _Reader) -> Send:
+    r.only("concurrency", "rate", "burst", "max_attempts", "adaptive", "timeout")
+    burst = r.table.get("burst")
+    if burst is not None:
+        burst = int(r.number("burst", 1, lo=1, integer=True))
+    return Send(
+        concurrency=int(r.number("concurrency", 16, lo=1, integer=True)),
+        rate=float(r.number("rate", 50.0, lo=0.001)),
+        burst=burst,
+        max_attempts=int(r.number("max_attempts", 6, lo=1, integer=True)),
+        adaptive=r.boolean("adaptive", True),
+        timeout=float(r.number("timeout", 30.0, lo=0.1)),
+    )
