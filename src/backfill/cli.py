@@ -59,6 +59,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks instead of hints")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    plan = commands.add_parser(
+        "plan",
+        help="read, resolve and plan a job without writing any trait",
+        description="A dry run of a job: read the extract, resolve every row to a profile "
+        "(lookups allowed), and write plan.parquet (the request units) and rejects.csv (rows "
+        "that will not be sent) to the job's output folder. No trait is written.",
+    )
+    plan.add_argument("job", type=Path, help="the job file (TOML)")
+    plan.add_argument("--offline", action="store_true", help="no lookups: resolve from the "
+                      "profile ID column and the identity map only")  # fmt: skip
+    plan.add_argument("--quiet", action="store_true", help="no progress bars")
+
     emu = commands.add_parser(
         "emulator",
         help="serve a local emulator of the Memory API",
@@ -113,6 +125,15 @@ def _run_emulator(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _run_plan(args: argparse.Namespace) -> int:
+    from backfill.pipeline import plan
+    from backfill.report import format_plan
+
+    result = plan(args.job, offline=args.offline, quiet=args.quiet)
+    print(format_plan(result))
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``backfill`` command; returns the process exit code."""
     parser = build_parser()
@@ -120,6 +141,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "emulator":
             return _run_emulator(args)
+        if args.command == "plan":
+            return _run_plan(args)
         parser.error(f"unknown command {args.command}")  # argparse exits with 2
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED

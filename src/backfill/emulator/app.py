@@ -19,7 +19,7 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -57,7 +57,12 @@ class Emulator:
         self.commit()
         routes = [Route(path, _bind(self, fn), methods=[m], name=op) for m, path, op, fn in ROUTES]
         routes.append(Route("/__emulator__/stats", self._stats, methods=["GET", "DELETE"]))
-        handlers = {ApiError: _api_error, HTTPException: _http_error, Exception: _crash}
+        handlers = {
+            ApiError: _api_error,
+            HTTPException: _http_error,
+            ClientDisconnect: _gone,
+            Exception: _crash,
+        }
         starlette = Starlette(routes=routes, exception_handlers=handlers)
         self.app = Gate(self, starlette, starlette.router.routes)
 
@@ -106,6 +111,11 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     message = "Not Found" if exc.status_code == 404 else f"Method {request.method} not allowed."
     return respond(exc.status_code, ApiError(exc.status_code, message).body(), exc.headers)
+
+
+async def _gone(request: Request, exc: Exception) -> Response:
+    """The client hung up while sending its body (a cancelled request): nobody to answer."""
+    return Response(status_code=499)
 
 
 async def _crash(request: Request, exc: Exception) -> Response:

@@ -1,0 +1,152 @@
+"""From resolved rows to request units: one PATCH body per profile and chunk, keyed and hashed.
+
+``plan_units(job, resolved)`` is the stage's one entry. Rows are grouped per target profile; per
+trait, the latest row by ``order_by`` (then file, then row) among those that carry the trait wins.
+The job's traits are split once, up front, into chunks that respect the API's limits (50 trait
+groups a request, 99 traits a group: ``chunk_traits``), so a profile's patch is one request per
+chunk it has data for. Every unit gets a stable key (``<profile>#<chunk>``) and a content hash of
+its body, which delivery uses to resume and incremental runs to skip unchanged data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+import polars as pl
+
+from backfill.config import Job
+from backfill.mapping import ORDER, present_column, value_column
+from backfill.resolve import NEW, TARGET
+from backfill.source import FILE, ROW
+
+MAX_GROUPS_PER_REQUEST = 50  # Memory API: TraitGroups maxProperties
+MAX_TRAITS_PER_GROUP = 99  # Memory API: traits of one group maxProperties
+
+UNIT_SCHEMA = {
+    "key": pl.String,
+    "profile_id": pl.String,
+    "action": pl.String,
+    "chunk": pl.UInt16,
+    "body": pl.String,
+    "hash": pl.String,
+    "rows": pl.UInt32,
+}
+
+
+def chunk_traits(
+    traits: Sequence[tuple[str, str]],
+    max_groups: int = MAX_GROUPS_PER_REQUEST,
+    max_traits: int = MAX_TRAITS_PER_GROUP,
+) -> list[list[int]]:
+    """Partition trait indices into request chunks: each chunk has at most ``max_groups``
+    groups and at most ``max_traits`` traits of any group; every trait lands in exactly one."""
+    by_group: dict[str, list[int]] = {}
+    for index, (group, _) in enumerate(traits):
+        by_group.setdefault(group, []).append(index)
+    slices = {
+        g: [idx[i : i + max_traits] for i in range(0, len(idx), max_traits)]
+        for g, idx in by_group.items()
+    }
+    chunks: list[list[int]] = []
+    level = 0
+    while True:
+        pieces = [s[level] for s in slices.values() if len(s) > level]
+        if not pieces:
+            return chunks
+        for start in range(0, len(pieces), max_groups):
+            chunks.append([i for piece in pieces[start : start + max_groups] for i in piece])
+        level += 1
+
+
+def _encode(job: Job, j: int) -> pl.Expr:
+    """``"trait":<json value>`` of trait ``j``'s value column (``null`` when the value is)."""
+    mapping = job.traits[j]
+    value = pl.col(value_column(j))
+    encoded = pl.struct(value.alias(mapping.trait)).struct.json_encode()
+    if mapping.type == "NUMBER":
+        integral = (value == value.floor()) & (value.abs() < 2**53)
+        as_int = pl.struct(value.cast(pl.Int64).alias(mapping.trait)).struct.json_encode()
+        encoded = pl.when(integral).then(as_int).otherwise(encoded)
+    return encoded.str.strip_prefix("{").str.strip_suffix("}")
+
+
+def _fragment_column(j: int) -> str:
+    return f"__f_{j}"
+
+
+def _body(job: Job, chunk: list[int]) -> pl.Expr:
+    """The JSON body of one chunk from the fragment columns (null when nothing is sent)."""
+    groups: dict[str, list[int]] = {}
+    for j in chunk:
+        groups.setdefault(job.traits[j].group, []).append(j)
+    group_parts = []
+    for group, members in groups.items():
+        fragments = [pl.col(_fragment_column(j)) for j in members]
+        joined = pl.concat_str(fragments, separator=",", ignore_nulls=True)
+        group_parts.append(
+            pl.when(pl.any_horizontal([f.is_not_null() for f in fragments])).then(
+                pl.concat_str(pl.lit(f'"{group}":{{'), joined, pl.lit("}"))
+            )
+        )
+    inner = pl.concat_str(group_parts, separator=",", ignore_nulls=True)
+    sent = pl.any_horizontal([pl.col(_fragment_column(j)).is_not_null() for j in chunk])
+    return pl.when(sent).then(pl.concat_str(pl.lit('{"traits":{'), inner, pl.lit("}}")))
+
+
+def _sha(bodies: pl.Series) -> pl.Series:
+    return pl.Series([hashlib.sha256(b.encode()).hexdigest()[:32] for b in bodies], dtype=pl.String)
+
+
+def plan_units(job: Job, resolved: pl.LazyFrame) -> pl.LazyFrame:
+    """The request units of ``resolved`` rows (see the module docstring).
+
+    One sort by (target, order, file, row) puts each profile's rows oldest first, so the value
+    sent per trait is the group's last non-null one. A ``nulls = "delete"`` trait's explicit null
+    must survive that, so those traits are encoded to JSON fragments before grouping.
+    """
+    deletes = [j for j, t in enumerate(job.traits) if t.nulls == "delete"]
+    rows = (
+        resolved.filter(pl.col(TARGET).is_not_null())
+        .with_columns(
+            pl.when(pl.col(present_column(j))).then(_encode(job, j)).alias(_fragment_column(j))
+            for j in deletes
+        )
+        .sort([TARGET, ORDER, FILE, ROW], nulls_last=False)
+    )
+    aggs: list[pl.Expr] = [pl.len().cast(pl.UInt32).alias("rows")]
+    for j in range(len(job.traits)):
+        column = _fragment_column(j) if j in deletes else value_column(j)
+        aggs.append(pl.col(column).last(ignore_nulls=True))
+    grouped = (
+        rows.group_by(TARGET)
+        .agg(aggs)
+        .with_columns(
+            pl.when(pl.col(value_column(j)).is_not_null())
+            .then(_encode(job, j))
+            .alias(_fragment_column(j))
+            for j in range(len(job.traits))
+            if j not in deletes
+        )
+    )
+    chunks = chunk_traits([(t.group, t.trait) for t in job.traits])
+    per_chunk = [
+        grouped.select(
+            pl.col(TARGET),
+            pl.lit(c, pl.UInt16).alias("chunk"),
+            _body(job, chunk).alias("body"),
+            pl.col("rows"),
+        ).filter(pl.col("body").is_not_null())
+        for c, chunk in enumerate(chunks)
+    ]
+    units = pl.concat(per_chunk)
+    creating = pl.col(TARGET).str.starts_with(NEW)
+    return units.select(
+        pl.concat_str(pl.col(TARGET), pl.lit("#"), pl.col("chunk").cast(pl.String)).alias("key"),
+        pl.when(~creating).then(pl.col(TARGET)).alias("profile_id"),
+        pl.when(creating).then(pl.lit("create")).otherwise(pl.lit("patch")).alias("action"),
+        pl.col("chunk"),
+        pl.col("body"),
+        pl.col("body").map_batches(_sha, return_dtype=pl.String).alias("hash"),
+        pl.col("rows"),
+    ).sort("key")

@@ -1,0 +1,368 @@
+"""Which Memory profile each row belongs to: profile ID column, identity map, then Lookup.
+
+``resolve(job, mapped, candidates)`` is the stage's one entry: a polars plan that adds
+``__target``, ``__outcome`` and ``__reason`` to the mapped rows. Its inputs come from
+``identity_map_candidates`` (a join table from an export) and ``lookup_candidates`` (each
+distinct still-open identifier asked once, concurrently, under the run's token bucket, answers
+cached in the run's SQLite file).
+
+Per row, in this order: a valid profile ID column value wins. Otherwise each identifier, in the
+job's priority order, gets its candidate profiles (from the map if the map knows the value, else
+from Lookup). The first identifier with candidates decides: none -> ``unresolved``; several ->
+``ambiguous`` (or the earliest, with ``on_ambiguous = "first"``); one -> the target, unless a
+later identifier names only other profiles -> ``conflict`` (both are reported).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+import polars as pl
+
+from backfill.checkpoint import RunDB
+from backfill.client import MemoryClient
+from backfill.config import Job
+from backfill.errors import ConfigError
+from backfill.mapping import PID, PROFILE_ID_PATTERN, identifier_column, normalize_column
+
+TARGET = "__target"
+OUTCOME = "__outcome"
+REASON = "__reason"
+ACTION = "__action"
+NEW = "new:"  # target prefix of a profile to create (on_unresolved = "create")
+
+BY_PROFILE_ID = "profile_id"
+BY_MAP = "identity_map"
+BY_LOOKUP = "lookup"
+UNRESOLVED = "unresolved"
+AMBIGUOUS = "ambiguous"
+CONFLICT = "conflict"
+RESOLVED = (BY_PROFILE_ID, BY_MAP, BY_LOOKUP)
+
+CANDIDATE_SCHEMA = pl.Schema(
+    [
+        ("k", pl.UInt8()),
+        ("value", pl.String()),
+        ("source", pl.String()),
+        ("profiles", pl.List(pl.String())),
+        ("error", pl.String()),
+    ]
+)
+
+
+PAIR_SCHEMA = pl.Schema([("k", pl.UInt8()), ("value", pl.String())])
+
+
+def _empty_candidates() -> pl.DataFrame:
+    return pl.DataFrame(schema=CANDIDATE_SCHEMA)
+
+
+def identity_map_candidates(job: Job) -> pl.DataFrame:
+    """The identity map as (k, normalized value) -> profiles, for the job's identifiers."""
+    path = job.identity.identity_map
+    if path is None:
+        return _empty_candidates()
+    where = f"{job.path}: identity.identity_map: {path}"
+    try:
+        if path.suffix == ".csv":
+            frame = pl.read_csv(path, infer_schema=False)
+        else:
+            frame = pl.read_parquet(path)
+    except FileNotFoundError:
+        raise ConfigError(f"{where}: no such file") from None
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        raise ConfigError(f"{where}: cannot read: {exc}") from None
+    missing = [c for c in ("id_type", "value", "profile_id") if c not in frame.columns]
+    if missing:
+        raise ConfigError(
+            f"{where}: needs columns id_type, value, profile_id; {missing[0]} is missing"
+        )
+    frame = frame.select(
+        pl.col("id_type").cast(pl.String).str.strip_chars(),
+        pl.col("value").cast(pl.String),
+        pl.col("profile_id").cast(pl.String).str.strip_chars(),
+    ).filter(pl.col("profile_id").str.contains(PROFILE_ID_PATTERN))
+    parts = []
+    for k, identifier in enumerate(job.identity.identifiers):
+        rows = frame.filter(pl.col("id_type") == identifier.id_type)
+        if rows.is_empty():
+            continue
+        spec = identifier.__class__(
+            "value", identifier.id_type, identifier.normalization, identifier.default_region
+        )
+        rows = rows.with_columns(normalize_column(rows, spec).alias("value")).drop_nulls("value")
+        parts.append(
+            rows.group_by("value", maintain_order=True)
+            .agg(pl.col("profile_id").unique(maintain_order=True).alias("profiles"))
+            .with_columns(
+                pl.lit(k, pl.UInt8).alias("k"),
+                pl.lit(BY_MAP).alias("source"),
+                pl.lit(None, pl.String).alias("error"),
+            )
+            .select(list(CANDIDATE_SCHEMA))
+        )
+    return pl.concat(parts) if parts else _empty_candidates()
+
+
+def open_pairs(job: Job, mapped: pl.LazyFrame, known: pl.DataFrame) -> pl.DataFrame:
+    """Distinct (k, value) of rows without a profile ID that the map does not answer."""
+    parts = [
+        mapped.filter(pl.col(PID).is_null())
+        .select(pl.lit(k, pl.UInt8).alias("k"), pl.col(identifier_column(k)).alias("value"))
+        .drop_nulls("value")
+        .unique()
+        for k in range(len(job.identity.identifiers))
+    ]
+    if not parts:
+        return pl.DataFrame(schema=PAIR_SCHEMA)
+    pairs = pl.concat(parts).collect()
+    return pairs.join(known.select("k", "value"), on=["k", "value"], how="anti").sort("k", "value")
+
+
+@dataclass
+class LookupStats:
+    asked: int = 0
+    cached: int = 0
+    failed: int = 0
+
+
+def cached_candidates(
+    job: Job, pairs: pl.DataFrame, db: RunDB
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(candidates the run file already knows, the pairs still to ask)."""
+    store = job.connection.store_id
+    id_types = [i.id_type for i in job.identity.identifiers]
+    wanted = [(int(k), v) for k, v in pairs.iter_rows()]
+    cached = db.cached_lookups(store, [(id_types[k], v) for k, v in wanted])
+    rows = [(k, v, BY_LOOKUP, cached[(id_types[k], v)], None) for k, v in wanted
+            if (id_types[k], v) in cached]  # fmt: skip
+    todo = [(k, v) for k, v in wanted if (id_types[k], v) not in cached]
+    return (
+        pl.DataFrame(rows, schema=CANDIDATE_SCHEMA, orient="row"),
+        pl.DataFrame(todo, schema=PAIR_SCHEMA, orient="row"),
+    )
+
+
+async def lookup_candidates(
+    job: Job,
+    pairs: pl.DataFrame,
+    client: MemoryClient,
+    db: RunDB,
+    *,
+    progress: Callable[[int], object] | None = None,
+) -> tuple[pl.DataFrame, LookupStats]:
+    """Ask Lookup once per pair, ``send.concurrency`` at a time; answers are cached as they come."""
+    store = job.connection.store_id
+    id_types = [i.id_type for i in job.identity.identifiers]
+    todo = [(int(k), v) for k, v in pairs.iter_rows()]
+    stats = LookupStats()
+    rows: list[tuple[int, str, str, list[str], str | None]] = []
+    answers: dict[tuple[str, str], list[str]] = {}
+    send, receive = anyio.create_memory_object_stream[tuple[int, str]](len(todo) or 1)
+    for item in todo:
+        send.send_nowait(item)
+    send.close()
+
+    async def worker() -> None:
+        async for k, value in receive:
+            reply = await client.lookup(store, id_types[k], value)
+            stats.asked += 1
+            if reply.status == 200 and isinstance(reply.body, dict):
+                found = [p for p in reply.body.get("profiles", []) if isinstance(p, str)]
+                answers[(id_types[k], value)] = found
+                rows.append((k, value, BY_LOOKUP, found, None))
+            elif reply.status == 404:
+                answers[(id_types[k], value)] = []
+                rows.append((k, value, BY_LOOKUP, [], None))
+            else:
+                stats.failed += 1
+                what = f"HTTP {reply.status}" if reply.status else "no response"
+                detail = f" (code {reply.code}: {reply.message})" if reply.code else ""
+                if reply.status is None and reply.message:
+                    detail = f" ({reply.message})"
+                error = f"lookup failed after {reply.attempts} attempt(s): {what}{detail}"
+                rows.append((k, value, BY_LOOKUP, [], error))
+            if len(answers) >= 200:
+                db.cache_lookups(store, dict(answers))
+                answers.clear()
+            if progress is not None:
+                progress(1)
+
+    try:
+        async with anyio.create_task_group() as tg:
+            for _ in range(max(1, min(job.send.concurrency, len(todo)))):
+                tg.start_soon(worker)
+    finally:
+        db.cache_lookups(store, answers)
+    frame = pl.DataFrame(rows, schema=CANDIDATE_SCHEMA, orient="row")
+    return frame, stats
+
+
+def _first(exprs: Sequence[pl.Expr], dtype: pl.DataType) -> pl.Expr:
+    """The first non-null of ``exprs`` (a typed null when there are none)."""
+    return pl.coalesce(exprs) if exprs else pl.lit(None, dtype)
+
+
+def resolve(
+    job: Job, mapped: pl.LazyFrame, candidates: pl.DataFrame, *, looked_up: bool = True
+) -> pl.LazyFrame:
+    """Add ``__target``, ``__outcome``, ``__reason`` and ``__action`` to every mapped row.
+
+    ``looked_up`` is false when Lookup was not asked (``lookup = false`` or ``--offline``), so an
+    unresolved row says that only the profile ID column and the identity map were tried.
+    """
+    identifiers = job.identity.identifiers
+    frame = mapped
+    for k in range(len(identifiers)):
+        mine = candidates.filter(pl.col("k") == k)
+        if mine.is_empty():  # nothing to join: every row of this identifier has no candidate
+            frame = frame.with_columns(
+                pl.lit(None, pl.List(pl.String())).alias(f"__c_{k}"),
+                pl.lit(None, pl.String()).alias(f"__s_{k}"),
+                pl.lit(None, pl.String()).alias(f"__e_{k}"),
+            )
+            continue
+        frame = frame.join(
+            mine.lazy().select(
+                pl.col("value").alias(identifier_column(k)),
+                pl.col("profiles").alias(f"__c_{k}"),
+                pl.col("source").alias(f"__s_{k}"),
+                pl.col("error").alias(f"__e_{k}"),
+            ),
+            on=identifier_column(k),
+            how="left",
+            nulls_equal=False,
+        )
+    n = [pl.col(f"__c_{k}").list.len().fill_null(0) for k in range(len(identifiers))]
+    decider_list = _first(
+        [pl.when(n[k] > 0).then(pl.col(f"__c_{k}")) for k in range(len(identifiers))],
+        pl.List(pl.String()),
+    )
+    decider_source = _first(
+        [pl.when(n[k] > 0).then(pl.col(f"__s_{k}")) for k in range(len(identifiers))],
+        pl.String(),
+    )
+    first = decider_list.list.first()
+    several = decider_list.list.len() > 1
+    take_first = job.identity.on_ambiguous == "first"
+    single = pl.when(~several | pl.lit(take_first)).then(first)
+    clashes = [
+        pl.when((n[k] > 0) & ~pl.col(f"__c_{k}").list.contains(single)).then(
+            pl.concat_str(
+                pl.lit(f"{identifiers[k].id_type} "),
+                pl.col(identifier_column(k)),
+                pl.lit(" -> "),
+                pl.col(f"__c_{k}").list.join(", "),
+            )
+        )
+        for k in range(len(identifiers))
+    ]
+    clash = pl.concat_str(clashes, separator="; ", ignore_nulls=True) if clashes else pl.lit("")
+    has_pid = pl.col(PID).is_not_null()
+    outcome = (
+        pl.when(has_pid)
+        .then(pl.lit(BY_PROFILE_ID))
+        .when(decider_list.is_null())
+        .then(pl.lit(UNRESOLVED))
+        .when(several & ~pl.lit(take_first))
+        .then(pl.lit(AMBIGUOUS))
+        .when(clash != "")
+        .then(pl.lit(CONFLICT))
+        .otherwise(decider_source)
+    )
+    decider_text = _first(
+        [
+            pl.when(n[k] > 0).then(
+                pl.concat_str(pl.lit(f"{identifiers[k].id_type} "), pl.col(identifier_column(k)))
+            )
+            for k in range(len(identifiers))
+        ],
+        pl.String(),
+    )
+    tried = pl.concat_str(
+        [
+            pl.concat_str(pl.lit(f"{identifiers[k].id_type} "), pl.col(identifier_column(k)))
+            for k in range(len(identifiers))
+        ]
+        or [pl.lit("")],
+        separator=", ",
+        ignore_nulls=True,
+    )
+    first_identifier = _first(
+        [
+            pl.concat_str(pl.lit(f"{identifiers[k].id_type} "), pl.col(identifier_column(k)))
+            for k in range(len(identifiers))
+        ],
+        pl.String(),
+    )
+    errors = pl.concat_str(
+        [pl.col(f"__e_{k}") for k in range(len(identifiers))] or [pl.lit(None, pl.String)],
+        separator="; ",
+        ignore_nulls=True,
+    )
+    unresolved_reason = (
+        pl.when(tried == "")
+        .then(pl.lit("no usable identifier in the row"))
+        .when(errors != "")
+        .then(pl.concat_str(pl.lit("no profile found for "), tried, pl.lit("; "), errors))
+        .otherwise(
+            pl.concat_str(
+                pl.lit("no profile found for "),
+                tried,
+                pl.lit("" if looked_up else " (not looked up: lookup = false or --offline)"),
+            )
+        )
+    )
+    reason = (
+        pl.when(outcome == UNRESOLVED)
+        .then(unresolved_reason)
+        .when(outcome == AMBIGUOUS)
+        .then(
+            pl.concat_str(
+                decider_text, pl.lit(" matches several profiles: "), decider_list.list.join(", ")
+            )
+        )
+        .when(outcome == CONFLICT)
+        .then(
+            pl.concat_str(
+                decider_text,
+                pl.lit(" -> "),
+                single,
+                pl.lit(", but "),
+                clash,
+            )
+        )
+        .when(several)
+        .then(
+            pl.concat_str(
+                decider_text,
+                pl.lit(" matches several profiles; chose the earliest of "),
+                decider_list.list.join(", "),
+            )
+        )
+    )
+    create = job.identity.on_unresolved == "create"
+    target = (
+        pl.when(has_pid)
+        .then(pl.col(PID))
+        .when(outcome.is_in(RESOLVED))
+        .then(single)
+        .when(pl.lit(create) & (outcome == UNRESOLVED) & (tried != ""))
+        .then(pl.concat_str(pl.lit(NEW), first_identifier))
+    )
+    action = (
+        pl.when(target.str.starts_with("new:"))
+        .then(pl.lit("create"))
+        .otherwise(pl.when(target.is_not_null()).then(pl.lit("patch")))
+    )
+    drop = [f"__{x}_{k}" for k in range(len(identifiers)) for x in ("c", "s", "e")]
+    return frame.with_columns(
+        target.alias(TARGET), outcome.alias(OUTCOME), reason.alias(REASON), action.alias(ACTION)
+    ).drop(drop)
+
+
+def scan_mapped(spill: Path) -> pl.LazyFrame:
+    return pl.scan_parquet(spill / "*.parquet")
