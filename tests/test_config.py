@@ -74,9 +74,9 @@ def test_defaults_and_mapping_forms(tmp_path: Path) -> None:
         (('type = "NUMBER"', 'type = "INT"'), "traits.Loyalty.points.type"),
         (('split = ";", nulls', 'split = ";", nulls = "drop", x'), "traits.Loyalty.tags"),
         (('normalization = "email"', 'normalization = "lower"'), "normalization"),
-        (('[traits.Contact]', '[traits.Contact]\nfirstname = { colum = "x" }'), "unknown key"),
+        (("[traits.Contact]", '[traits.Contact]\nfirstname = { colum = "x" }'), "unknown key"),
         (('name = "t"', 'name = "t"\nnmae = "typo"'), "nmae: unknown key"),
-        (('[[identity.identifiers]]', '[send]\nrate = 0\n[[identity.identifiers]]'), "send.rate"),
+        (("[[identity.identifiers]]", "[send]\nrate = 0\n[[identity.identifiers]]"), "send.rate"),
     ],
 )
 def test_bad_keys_are_named(tmp_path: Path, change: tuple[str, str], message: str) -> None:
