@@ -254,9 +254,14 @@ def test_unreadable_order_values_count_as_oldest(tmp_path: Path) -> None:
 
 def test_batches_are_bounded(tmp_path: Path) -> None:
     """The reader never hands over more than source.batch_rows rows at once, and numbers rows
-    across batches."""
+    across batches, for CSV and Parquet alike."""
     rows = [{"email": f"p{i}@example.com", "tier": "gold"} for i in range(2_500)]
-    path = job_file(tmp_path, [write_csv(tmp_path / "x.csv", rows)], source="batch_rows = 1000")
-    batches = list(read_batches(load_job(path)))
-    assert max(b.height for b in batches) <= 1000
-    assert pl.concat(batches)["__row"].to_list() == list(range(1, 2_501))
+    csv = write_csv(tmp_path / "x.csv", rows)
+    pl.read_csv(csv, infer_schema=False).write_parquet(tmp_path / "x.parquet", row_group_size=700)
+    for source in (csv, str(tmp_path / "x.parquet")):
+        path = job_file(tmp_path, [source], source="batch_rows = 1000")
+        batches = list(read_batches(load_job(path)))
+        assert [b.height for b in batches] == [1000, 1000, 500]
+        joined = pl.concat(batches)
+        assert joined["__row"].to_list() == list(range(1, 2_501))
+        assert joined["email"].to_list() == [r["email"] for r in rows]

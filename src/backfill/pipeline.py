@@ -9,7 +9,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import anyio
 import polars as pl
@@ -19,7 +19,7 @@ from backfill.checkpoint import RunDB, private_dir
 from backfill.config import Job, load_job
 from backfill.errors import ConfigError
 from backfill.mapping import INVALID, map_batch
-from backfill.plan import plan_units
+from backfill.plan import HASH_SCHEME, write_units
 from backfill.report import write_rejects
 from backfill.resolve import (
     AMBIGUOUS,
@@ -38,6 +38,8 @@ from backfill.resolve import (
 )
 from backfill.source import check_columns, read_batches, source_files
 from backfill.target import open_target
+
+SPILL: Final = "lz4"  # temporary files between stages: speed over size
 
 
 @dataclass(frozen=True)
@@ -103,7 +105,8 @@ def build_plan(job: Job, *, offline: bool = False, quiet: bool = False) -> PlanR
     try:
         with _bar(quiet, desc="reading", unit=" rows", unit_scale=True) as bar:
             for i, batch in enumerate(read_batches(job, files)):
-                map_batch(job, batch).write_parquet(spill / f"mapped-{i:06d}.parquet")
+                mapped_batch = map_batch(job, batch)
+                mapped_batch.write_parquet(spill / f"mapped-{i:06d}.parquet", compression=SPILL)
                 bar.update(batch.height)
         mapped = pl.scan_parquet(spill / "mapped-*.parquet")
         stats = LookupStats()
@@ -113,10 +116,13 @@ def build_plan(job: Job, *, offline: bool = False, quiet: bool = False) -> PlanR
             found, stats = _lookups(job, pairs, out, quiet)
             candidates = pl.concat([candidates, found])
         resolved_path = spill / "resolved.parquet"
-        resolve(job, mapped, candidates, looked_up=looked_up).sink_parquet(resolved_path)
+        resolve(job, mapped, candidates, looked_up=looked_up).sink_parquet(
+            resolved_path, compression=SPILL
+        )
         resolved = pl.scan_parquet(resolved_path)
         plan_path = out / "plan.parquet"
-        plan_units(job, resolved).sink_parquet(plan_path)
+        rows = resolved.select(pl.len()).collect().item()
+        write_units(job, resolved, plan_path, rows, spill)
         plan_path.chmod(0o600)
         rejects_path = out / "rejects.csv"
         rejects = write_rejects(job, resolved, files, rejects_path)
@@ -126,7 +132,15 @@ def build_plan(job: Job, *, offline: bool = False, quiet: bool = False) -> PlanR
     result = PlanResult(job, summary, plan_path, rejects_path, [str(f.path) for f in files])
     summary_path = out / "plan.json"
     summary_path.write_text(
-        json.dumps({"job": str(job.path), "sources": result.sources, **asdict(summary)}, indent=2)
+        json.dumps(
+            {
+                "job": str(job.path),
+                "sources": result.sources,
+                "hash_scheme": HASH_SCHEME,
+                **asdict(summary),
+            },
+            indent=2,
+        )
         + "\n",
         encoding="utf-8",
     )

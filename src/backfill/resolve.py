@@ -215,7 +215,15 @@ def resolve(
     unresolved row says that only the profile ID column and the identity map were tried.
     """
     identifiers = job.identity.identifiers
-    frame = mapped
+    # Rows with a valid profile ID need none of the work below (and polars would evaluate every
+    # branch of it on every row), so they take a short path and rejoin at the end.
+    by_id = mapped.filter(pl.col(PID).is_not_null()).with_columns(
+        pl.col(PID).alias(TARGET),
+        pl.lit(BY_PROFILE_ID).alias(OUTCOME),
+        pl.lit(None, pl.String()).alias(REASON),
+        pl.lit("patch").alias(ACTION),
+    )
+    frame = mapped.filter(pl.col(PID).is_null())
     for k in range(len(identifiers)):
         mine = candidates.filter(pl.col("k") == k)
         if mine.is_empty():  # nothing to join: every row of this identifier has no candidate
@@ -359,9 +367,10 @@ def resolve(
         .otherwise(pl.when(target.is_not_null()).then(pl.lit("patch")))
     )
     drop = [f"__{x}_{k}" for k in range(len(identifiers)) for x in ("c", "s", "e")]
-    return frame.with_columns(
+    rest = frame.with_columns(
         target.alias(TARGET), outcome.alias(OUTCOME), reason.alias(REASON), action.alias(ACTION)
     ).drop(drop)
+    return pl.concat([by_id, rest], how="vertical")
 
 
 def scan_mapped(spill: Path) -> pl.LazyFrame:
