@@ -24,7 +24,7 @@ from httpx_aiohttp import AiohttpTransport
 
 from backfill import __version__
 from backfill.errors import AuthError, BackfillError, ConfigError
-from backfill.throttle import Clock, SystemClock, TokenBucket
+from backfill.throttle import AdaptiveRate, Clock, SystemClock, TokenBucket
 
 DEFAULT_BASE_URL = "https://memory.twilio.com"
 USER_AGENT = f"backfill/{__version__}"
@@ -162,6 +162,7 @@ class MemoryClient:
         *,
         concurrency: int = 16,
         bucket: TokenBucket | None = None,
+        adaptive: AdaptiveRate | None = None,
         retry: RetryPolicy = RetryPolicy(),  # frozen: a shared default is safe
         timeout: float = 30.0,
         transport: httpx.AsyncBaseTransport | None = None,
@@ -180,9 +181,12 @@ class MemoryClient:
             raise ConfigError(f"concurrency must be at least 1, got {concurrency}")
         if not timeout > 0:
             raise ConfigError(f"timeout must be positive, got {timeout}")
+        if adaptive is not None and adaptive.bucket is not bucket:
+            raise ConfigError("adaptive must steer this client's own bucket")
         self.base_url = str(url).rstrip("/")
         self.concurrency = concurrency
         self.bucket = bucket
+        self.adaptive = adaptive  # told of every HTTP answer; steers bucket.rate
         self.retry = retry
         self.stats = ClientStats()
         self._credentials = credentials
@@ -284,6 +288,10 @@ class MemoryClient:
                 if status == 429:
                     throttled += 1
                     self.stats.throttled += 1
+                    if self.adaptive is not None:
+                        self.adaptive.on_throttled()  # before the hold below, as it expects
+                elif self.adaptive is not None:
+                    self.adaptive.on_accepted()
                 reply = self._reply(response, attempt, throttled)
                 if status in AUTH_STATUSES:
                     raise self._auth_error(reply, method, path)
