@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from backfill import __version__
-from backfill.errors import AuthError, BackfillError, ConfigError
+from backfill.errors import AuthError, BackfillError, ConfigError, RunLocked
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -70,6 +70,18 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--offline", action="store_true", help="no lookups: resolve from the "
                       "profile ID column and the identity map only")  # fmt: skip
     plan.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    run = commands.add_parser(
+        "run",
+        help="plan a job and deliver it, resumably, with reports",
+        description="Plan the job (or resume the last run of it), send every request under "
+        "the token bucket with retries, and write errors.csv, summary.json and report.md. "
+        "Re-running the same command continues where it stopped.",
+    )
+    run.add_argument("job", type=Path, help="the job file (TOML)")
+    run.add_argument("--restart", action="store_true", help="ignore the checkpoint: plan and "
+                     "send everything again (also when the job or its input changed)")  # fmt: skip
+    run.add_argument("--quiet", action="store_true", help="no progress bars or log lines")
 
     emu = commands.add_parser(
         "emulator",
@@ -134,6 +146,14 @@ def _run_plan(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _run_run(args: argparse.Namespace) -> int:
+    from backfill.pipeline import run
+
+    result = run(args.job, restart=args.restart, quiet=args.quiet)
+    print(result.text, end="")
+    return result.exit_code
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``backfill`` command; returns the process exit code."""
     parser = build_parser()
@@ -143,6 +163,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run_emulator(args)
         if args.command == "plan":
             return _run_plan(args)
+        if args.command == "run":
+            return _run_run(args)
         parser.error(f"unknown command {args.command}")  # argparse exits with 2
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
@@ -150,7 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"backfill: error: {exc}", file=sys.stderr)
-        if isinstance(exc, ConfigError):
+        if isinstance(exc, ConfigError | RunLocked):
             return EXIT_BAD_INPUT
         if isinstance(exc, AuthError):
             return EXIT_AUTH

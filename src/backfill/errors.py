@@ -6,6 +6,7 @@ below to one exit code, so adding a class here means adding its line there::
     BackfillError                anything we raise on purpose (exit 1 unless below)
     ├── ConfigError              bad job file, option or seed file; nothing written (exit 2)
     │   └── InvalidIdentifierError  a value its identifier's normalization rejects
+    ├── RunLocked                another process is running this job (exit 2)
     ├── AuthError                credentials missing or refused (401/403): stop at once (exit 3)
     └── EmulatorError            the local emulator could not start or serve (exit 1)
 
@@ -26,9 +27,32 @@ class InvalidIdentifierError(ConfigError, ValueError):
     """An identifier value that its normalization rejects (e.g. a phone number with 7 digits)."""
 
 
+class RunLocked(BackfillError):
+    """Another backfill process holds this job's output folder (say, last night's cron run)."""
+
+
 class AuthError(BackfillError):
     """Credentials missing or refused; retrying cannot help."""
 
 
 class EmulatorError(BackfillError):
     """The emulator failed to start (port taken, unreadable state file)."""
+
+
+def reported(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The error to report for a task group's failure: an AuthError first (the run stopped
+    because of it), else the first BackfillError, else the group itself. Concurrent workers
+    fail as an ExceptionGroup; callers of the library should see our errors, not the group."""
+    leaves: list[BaseException] = []
+    pending: list[BaseException] = [group]
+    while pending:
+        exc = pending.pop(0)
+        if isinstance(exc, BaseExceptionGroup):
+            pending.extend(exc.exceptions)
+        else:
+            leaves.append(exc)
+    for kind in (AuthError, BackfillError):
+        for leaf in leaves:
+            if isinstance(leaf, kind):
+                return leaf
+    return group

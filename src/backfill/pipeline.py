@@ -3,24 +3,37 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
+import signal
 import sys
+import threading
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import anyio
 import polars as pl
 from tqdm import tqdm
 
-from backfill.checkpoint import RunDB, private_dir
+from backfill.checkpoint import DONE, FAILED, IN_FLIGHT, PENDING, RunDB, RunLock
+from backfill.client import ClientStats
 from backfill.config import Job, load_job
-from backfill.errors import ConfigError
+from backfill.errors import ConfigError, reported
+from backfill.files import private_dir
 from backfill.mapping import INVALID, map_batch
 from backfill.plan import HASH_SCHEME, write_units
-from backfill.report import write_rejects
+from backfill.report import (
+    DeliveryProgress,
+    format_run,
+    identifiers_text,
+    write_errors,
+    write_private,
+    write_rejects,
+)
 from backfill.resolve import (
     AMBIGUOUS,
     BY_LOOKUP,
@@ -28,6 +41,7 @@ from backfill.resolve import (
     BY_PROFILE_ID,
     CONFLICT,
     OUTCOME,
+    TARGET,
     UNRESOLVED,
     LookupStats,
     cached_candidates,
@@ -36,10 +50,28 @@ from backfill.resolve import (
     open_pairs,
     resolve,
 )
-from backfill.source import check_columns, read_batches, source_files
-from backfill.target import open_target
+from backfill.send import deliver
+from backfill.source import FILE, ROW, SourceFile, check_columns, read_batches, source_files
+from backfill.target import EMULATOR_STATE, open_target
+
+EXIT_OK, EXIT_SOME_FAILED, EXIT_INTERRUPTED = 0, 1, 130
 
 SPILL: Final = "lz4"  # temporary files between stages: speed over size
+ROWS_FILE: Final = "rows.parquet"
+
+
+T = TypeVar("T")
+
+
+def run_async(fn: Callable[[], Awaitable[T]]) -> T:
+    """anyio.run, with a task group's failure turned back into the error that caused it."""
+    try:
+        return anyio.run(fn)
+    except BaseExceptionGroup as group:  # one task failing fails its whole group
+        error = reported(group)
+        if error is group:
+            raise
+        raise error from None
 
 
 @dataclass(frozen=True)
@@ -86,10 +118,15 @@ def _bar(quiet: bool, **kwargs: Any) -> tqdm[Any]:
 def plan(job_path: Path | str, *, offline: bool = False, quiet: bool = False) -> PlanResult:
     """``backfill plan``: everything up to the request units, with no trait written."""
     job = load_job(job_path)
-    return build_plan(job, offline=offline, quiet=quiet)
+    with RunLock(private_dir(job.output_dir)):
+        return build_plan(job, offline=offline, quiet=quiet)
 
 
-def build_plan(job: Job, *, offline: bool = False, quiet: bool = False) -> PlanResult:
+def build_plan(
+    job: Job, *, offline: bool = False, quiet: bool = False, keep_rows: bool = False
+) -> PlanResult:
+    """The plan stages; ``keep_rows`` also writes rows.parquet (which rows feed which target),
+    which ``run`` needs to name the source rows behind a failed request."""
     started = time.monotonic()
     files = source_files(job)
     check_columns(job, files)
@@ -124,6 +161,14 @@ def build_plan(job: Job, *, offline: bool = False, quiet: bool = False) -> PlanR
         rows = resolved.select(pl.len()).collect().item()
         write_units(job, resolved, plan_path, rows, spill)
         plan_path.chmod(0o600)
+        if keep_rows:
+            resolved.filter(pl.col(TARGET).is_not_null()).select(
+                pl.col(FILE),
+                pl.col(ROW),
+                identifiers_text(job).alias("identifiers"),
+                pl.col(TARGET),
+            ).sink_parquet(out / ROWS_FILE)
+            (out / ROWS_FILE).chmod(0o600)
         rejects_path = out / "rejects.csv"
         rejects = write_rejects(job, resolved, files, rejects_path)
         summary = _summary(job, resolved, plan_path, len(files), rejects, stats, started)
@@ -165,7 +210,7 @@ def _lookups(
                 async with target.client(job) as client:
                     return await lookup_candidates(job, todo, client, db, progress=bar.update)
 
-        found, stats = anyio.run(ask)
+        found, stats = run_async(ask)
     stats.cached = known.height
     return pl.concat([known, found]), stats
 
@@ -211,3 +256,154 @@ def _summary(
         lookups_failed=stats.failed,
         seconds=round(time.monotonic() - started, 3),
     )
+
+
+# ---------------------------------------------------------------------------------- run
+
+
+@dataclass(frozen=True)
+class RunResult:
+    job: Job
+    summary: dict[str, Any]
+    text: str  # the human report (report.md)
+    exit_code: int
+
+
+def fingerprint(job: Job, files: list[SourceFile]) -> str:
+    """What a checkpoint was made from: the job file's bytes and each input's size and mtime.
+
+    A resumed run must send the plan it started; if any of these changed, it refuses."""
+    digest = hashlib.sha256(job.path.read_bytes())
+    inputs = [f.path for f in files]
+    if job.identity.identity_map is not None:
+        inputs.append(job.identity.identity_map)
+    for path in inputs:
+        stat = path.stat()
+        digest.update(f"\0{path}\0{stat.st_size}\0{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()
+
+
+def run(job_path: Path | str, *, restart: bool = False, quiet: bool = False) -> RunResult:
+    """``backfill run``: plan (or resume), deliver under the checkpoint, and report."""
+    job = load_job(job_path)
+    files = source_files(job)
+    out = private_dir(job.output_dir)
+    with RunLock(out), RunDB(out / "run.sqlite") as db:
+        made_from = fingerprint(job, files)
+        previous = db.meta("fingerprint")
+        if previous is not None and previous != made_from and not restart:
+            raise ConfigError(
+                f"{job.path} or its input files changed since the checkpoint in {out} was made;"
+                " run with --restart to plan and send again from the start"
+            )
+        resumed = 0
+        if restart or db.meta("plan") is None:
+            if restart:
+                (out / EMULATOR_STATE).unlink(missing_ok=True)
+            plan_result = build_plan(job, quiet=quiet, keep_rows=True)
+            db.replace_units(plan_result.plan_path)
+            db.set_meta(
+                fingerprint=made_from,
+                plan=asdict(plan_result.summary),
+                sources=plan_result.sources,
+                hash_scheme=HASH_SCHEME,
+            )
+        else:
+            resumed = db.reset_in_flight()
+        return _deliver_and_report(job, db, out, resumed, quiet)
+
+
+def _deliver_and_report(job: Job, db: RunDB, out: Path, resumed: int, quiet: bool) -> RunResult:
+    before = db.counts()
+    todo = before[PENDING]
+    started = time.monotonic()
+    progress = DeliveryProgress(todo, quiet)
+    interrupted = False
+
+    async def main() -> tuple[ClientStats, float]:
+        nonlocal interrupted
+        stop = anyio.Event()
+        with open_target(job) as target:
+            client = target.client(job)
+            bucket = client.bucket
+            assert bucket is not None
+            async with client, anyio.create_task_group() as tg:
+
+                async def on_signal() -> None:
+                    nonlocal interrupted
+                    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                        async for _ in signals:
+                            if stop.is_set():  # a second Ctrl-C: stop now
+                                tg.cancel_scope.cancel()
+                            interrupted = True
+                            stop.set()
+                            progress.note("stopping: finishing the requests in flight")
+
+                if threading.current_thread() is threading.main_thread():
+                    tg.start_soon(on_signal)
+                await deliver(job, client, db, stop=stop, on_result=progress.update)
+                tg.cancel_scope.cancel()
+            return client.stats, bucket.rate
+
+    try:
+        stats, final_rate = run_async(main)
+    finally:
+        progress.close()
+    seconds = time.monotonic() - started
+    after = db.counts()
+    delivered = (after[DONE] + after[FAILED]) - (before[DONE] + before[FAILED])
+    accepted = after.get("outcome:updated", 0) + after.get("outcome:created", 0)
+    accepted -= before.get("outcome:updated", 0) + before.get("outcome:created", 0)
+    plan_meta = db.meta("plan") or {}
+    sources = db.meta("sources") or []
+    failures = list(db.failed_units())
+    errors_path = out / "errors.csv"
+    not_landed = write_errors(out / "rejects.csv", out / ROWS_FILE, failures, sources, errors_path)
+    unfinished = after[PENDING] + after[IN_FLIGHT]
+    if interrupted or unfinished:
+        exit_code = EXIT_INTERRUPTED
+    elif not_landed:
+        exit_code = EXIT_SOME_FAILED
+    else:
+        exit_code = EXIT_OK
+    summary: dict[str, Any] = {
+        "job": str(job.path),
+        "exit_code": exit_code,
+        "seconds": round(seconds, 3),
+        "rows": {"read": plan_meta.get("rows", 0), "not_landed": not_landed},
+        "units": {
+            "total": sum(after[s] for s in (PENDING, IN_FLIGHT, DONE, FAILED)),
+            "sent_this_run": delivered,
+            "updated": after.get("outcome:updated", 0),
+            "created": after.get("outcome:created", 0),
+            "profile_not_found": after.get("outcome:profile_not_found", 0),
+            "failed": after.get("outcome:failed", 0),
+            "pending": after[PENDING],
+            "in_flight": after[IN_FLIGHT],
+        },
+        "requests": {
+            "sent": stats.sent,
+            "retries": stats.retries,
+            "throttled": stats.throttled,
+            "transport_errors": stats.transport_errors,
+            "by_status": {str(k): v for k, v in sorted(stats.by_status.items())},
+        },
+        "rate": {
+            "configured": job.send.rate,
+            "final": round(final_rate, 3),
+            "achieved": round(accepted / seconds, 3) if seconds > 0 else 0.0,
+        },
+        "remaps": db.remaps(),
+        "resumed": resumed,
+        "resent_units": after["resent"],
+        "plan": plan_meta,
+        "files": {
+            "errors": str(errors_path),
+            "summary": str(out / "summary.json"),
+            "report": str(out / "report.md"),
+        },
+    }
+    text = format_run(summary)
+    write_private(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    write_private(out / "report.md", text)
+    return RunResult(job, summary, text, exit_code)

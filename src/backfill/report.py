@@ -7,15 +7,19 @@ back. The file holds customer data, so it is owner-only.
 
 from __future__ import annotations
 
+import sys
+import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
+from tqdm import tqdm
 
-from backfill.checkpoint import private_file
+from backfill.checkpoint import FAILED, Result
 from backfill.config import Job
+from backfill.files import private_file
 from backfill.mapping import INVALID, PID, identifier_column
-from backfill.resolve import ACTION, AMBIGUOUS, CONFLICT, OUTCOME, REASON, UNRESOLVED
+from backfill.resolve import ACTION, AMBIGUOUS, CONFLICT, OUTCOME, REASON, TARGET, UNRESOLVED
 from backfill.source import FILE, ROW, SourceFile
 
 if TYPE_CHECKING:
@@ -83,3 +87,168 @@ def format_plan(result: PlanResult) -> str:
         f"Wrote {result.plan_path} and {result.rejects_path} ({n(s.rejects)} lines).",
     ]
     return "\n".join(out)
+
+
+ERROR_COLUMNS = ["file", "row", "identifiers", "profile_id", "outcome", "status", "code",
+                 "message", "attempts"]  # fmt: skip
+
+
+def write_errors(
+    rejects: Path, rows: Path, failures: list[tuple[Any, ...]], files: list[str], path: Path
+) -> int:
+    """errors.csv: every source row that did not land, fixable and re-feedable.
+
+    Rows rejected while planning come from rejects.csv; rows behind a request that failed come
+    from rows.parquet (which rows fed which target), one line per row with the request's
+    outcome, HTTP status, Twilio code, message and attempts. Returns the number of rows named.
+    """
+    planned = pl.read_csv(rejects, infer_schema=False).select(
+        pl.col("file"),
+        pl.col("row").cast(pl.UInt32),
+        pl.col("identifiers"),
+        pl.lit(None, pl.String).alias("profile_id"),
+        pl.col("outcome"),
+        pl.lit(None, pl.Int64).alias("status"),
+        pl.lit(None, pl.Int64).alias("code"),
+        pl.col("reason").alias("message"),
+        pl.lit(None, pl.Int64).alias("attempts"),
+    )
+    parts = [planned]
+    if failures:
+        failed = pl.DataFrame(
+            failures,
+            schema=[
+                "key",
+                "profile_id",
+                "outcome",
+                "status",
+                "code",
+                "message",
+                "attempts",
+                "sent_to",
+            ],
+            orient="row",
+        ).with_columns(pl.col("key").str.replace(r"#\d+$", "").alias(TARGET))
+        names = dict(enumerate(files))
+        sent = (
+            pl.scan_parquet(rows)
+            .join(failed.lazy(), on=TARGET, how="inner")
+            .select(
+                pl.col(FILE).replace_strict(names, return_dtype=pl.String).alias("file"),
+                pl.col(ROW).alias("row"),
+                pl.col("identifiers"),
+                pl.coalesce("sent_to", "profile_id").alias("profile_id"),
+                pl.col("outcome"),
+                pl.col("status").cast(pl.Int64),
+                pl.col("code").cast(pl.Int64),
+                pl.col("message"),
+                pl.col("attempts").cast(pl.Int64),
+            )
+            .collect()
+        )
+        parts.append(sent)
+    order = {name: i for i, name in enumerate(files)}
+    frame = (
+        pl.concat(parts)
+        .with_columns(pl.col("file").replace_strict(order, default=len(files)).alias("_f"))
+        .sort("_f", "row", "outcome")
+        .drop("_f")
+    )
+    private_file(path)
+    frame.write_csv(path)
+    return frame.select(pl.struct("file", "row").n_unique()).item() if frame.height else 0
+
+
+def write_private(path: Path, text: str) -> None:
+    private_file(path)
+    path.write_text(text, encoding="utf-8")
+
+
+def format_run(summary: dict[str, Any]) -> str:
+    """report.md, and what ``backfill run`` prints: the same facts for people."""
+    u, r, q, t = summary["units"], summary["rows"], summary["requests"], summary["rate"]
+    n = "{:,}".format
+    verdict = {
+        0: "Everything landed.",
+        1: f"{n(r['not_landed'])} source rows did not land: see {summary['files']['errors']}.",
+        130: "Interrupted: run the same command again to continue where it stopped.",
+    }.get(summary["exit_code"], "")
+    lines = [
+        f"# backfill run: {summary['job']}",
+        "",
+        f"{verdict}",
+        "",
+        "| | |",
+        "|---|---:|",
+        f"| source rows | {n(r['read'])} |",
+        f"| rows not landed | {n(r['not_landed'])} |",
+        f"| requests planned | {n(u['total'])} |",
+        f"| profiles updated | {n(u['updated'])} |",
+        f"| profiles created | {n(u['created'])} |",
+        f"| profile not found | {n(u['profile_not_found'])} |",
+        f"| failed | {n(u['failed'])} |",
+        f"| not sent yet | {n(u['pending'] + u['in_flight'])} |",
+        f"| merged profiles followed | {n(summary['remaps'])} |",
+        f"| HTTP requests | {n(q['sent'])} ({n(q['retries'])} retries) |",
+        f"| answered 429 | {n(q['throttled'])} |",
+        f"| network errors | {n(q['transport_errors'])} |",
+        f"| achieved rate | {t['achieved']:.1f} accepted/s (configured {t['configured']:g}/s, "
+        f"ending at {t['final']:.1f}/s) |",
+        f"| delivery time | {summary['seconds']:.1f} s |",
+    ]
+    if summary["resumed"]:
+        lines.append(f"| resumed units (were in flight when the last run stopped) | "
+                     f"{n(summary['resumed'])} |")  # fmt: skip
+    lines += ["", f"Files: {', '.join(summary['files'].values())}."]
+    return "\n".join(lines) + "\n"
+
+
+class DeliveryProgress:
+    """Sending progress: a tqdm bar on a terminal, a log line every 10 s otherwise."""
+
+    def __init__(self, total: int, quiet: bool, every: float = 10.0) -> None:
+        self.total = total
+        self.done = 0
+        self.failed = 0
+        self.quiet = quiet
+        self.every = every
+        self.started = time.monotonic()
+        self._last_line = self.started
+        self.bar: tqdm[Any] | None = None
+        if not quiet and sys.stderr.isatty():
+            self.bar = tqdm(total=total, desc="sending", unit=" req", dynamic_ncols=True)
+
+    def update(self, result: Result) -> None:
+        self.done += 1
+        if result.state == FAILED:
+            self.failed += 1
+        if self.bar is not None:
+            self.bar.update(1)
+            if result.state == FAILED:
+                self.bar.set_postfix(failed=self.failed, refresh=False)
+        elif not self.quiet:
+            now = time.monotonic()
+            if now - self._last_line >= self.every:
+                self._last_line = now
+                self.note(self.line(now))
+
+    def line(self, now: float) -> str:
+        rate = self.done / max(now - self.started, 1e-9)
+        left = (self.total - self.done) / rate if rate else float("inf")
+        share = 100 * self.done / self.total if self.total else 100.0
+        return (
+            f"sent {self.done:,}/{self.total:,} ({share:.0f}%), {rate:.1f}/s, "
+            f"{self.failed:,} failed, about {left:.0f} s left"
+        )
+
+    def note(self, text: str) -> None:
+        if self.quiet:
+            return
+        if self.bar is not None:
+            self.bar.write(text, file=sys.stderr)
+        else:
+            print(text, file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from backfill.client import Credentials, MemoryClient, RetryPolicy
 from backfill.config import Job
-from backfill.throttle import TokenBucket
+from backfill.throttle import AdaptiveRate, TokenBucket
 
 
 @dataclass(frozen=True)
@@ -18,25 +18,36 @@ class Target:
     embedded: bool
 
     def client(self, job: Job) -> MemoryClient:
-        """The run's one client: pool sized to the concurrency, one shared token bucket."""
+        """A client as the job says: pool sized to the concurrency, one token bucket for all
+        its requests (lookups and writes alike), adaptive unless ``send.adaptive = false``."""
         send = job.send
+        bucket = TokenBucket(send.rate, send.effective_burst)
         return MemoryClient(
             self.base_url,
             self.credentials,
             concurrency=send.concurrency,
-            bucket=TokenBucket(send.rate, send.effective_burst),
+            bucket=bucket,
+            adaptive=AdaptiveRate(bucket, ceiling=send.rate) if send.adaptive else None,
             retry=RetryPolicy(max_attempts=send.max_attempts),
             timeout=send.timeout,
         )
 
 
+EMULATOR_STATE = "emulator.sqlite"
+
+
 @contextmanager
 def open_target(job: Job) -> Iterator[Target]:
-    """Start the embedded emulator for ``base_url = "emulator"``; else read credentials."""
+    """Start the embedded emulator for ``base_url = "emulator"``; else read credentials.
+
+    The embedded emulator keeps its state in the output folder, so a resumed run continues
+    against the profiles the interrupted one wrote (``--restart`` starts it from the seed).
+    """
     if job.connection.embedded:
         from backfill.emulator import EmulatorConfig, EmulatorServer
 
-        with EmulatorServer(EmulatorConfig(seed=job.connection.seed)) as emu:
+        state = job.output_dir / EMULATOR_STATE
+        with EmulatorServer(EmulatorConfig(seed=job.connection.seed, state=state)) as emu:
             yield Target(emu.url, Credentials(*emu.auth), embedded=True)
     else:
         yield Target(job.connection.base_url, Credentials.from_env(), embedded=False)

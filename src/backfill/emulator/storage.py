@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import bisect
 import json
-import os
 import sqlite3  # noqa: TID251 - this module is the emulator's one door to SQLite
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from backfill.emulator.apierror import ApiError
 from backfill.emulator.ids import PROFILE_ID, STORE_ID
 from backfill.emulator.state import Account, Operation, Profile, Store, TraitGroup
 from backfill.errors import ConfigError, EmulatorError
+from backfill.files import private_file
 
 
 def load_seed(account: Account, path: Path) -> None:
@@ -173,9 +173,7 @@ class SqliteStorage:
 
     def __init__(self, path: Path) -> None:
         try:
-            fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)  # it holds customer data
-            os.close(fd)
-            os.chmod(path, 0o600)
+            private_file(path)  # it holds customer data
             self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")

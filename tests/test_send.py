@@ -1,0 +1,187 @@
+"""Delivery in isolation: how each answer is classified, and what the checkpoint can promise."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import polars as pl
+import pytest
+
+from backfill.checkpoint import DONE, FAILED, IN_FLIGHT, PENDING, Result, RunDB, Unit
+from backfill.client import Credentials, MemoryClient, RetryPolicy
+from backfill.config import load_job
+from backfill.send import deliver, send_unit
+
+STORE = "mem_store_01jtest0000000000000000000"
+OLD = "mem_profile_01jtest000000000000000000d"
+NEW = "mem_profile_01jtest000000000000000000a"
+JOB = Path(__file__).parents[1] / "jobs" / "sample_backfill.toml"
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def job_with(concurrency: int = 4) -> Any:
+    from dataclasses import replace
+
+    job = load_job(JOB)
+    connection = replace(job.connection, store_id=STORE)
+    return replace(job, connection=connection, send=replace(job.send, concurrency=concurrency))
+
+
+def client_for(handler: Any) -> MemoryClient:
+    return MemoryClient(
+        "http://127.0.0.1:9",
+        Credentials("AC00000000000000000000000000000000", "secret"),
+        transport=httpx.MockTransport(handler),
+        retry=RetryPolicy(max_attempts=1),
+    )
+
+
+async def send_one(handler: Any, unit: Unit) -> tuple[Result, list[httpx.Request]]:
+    seen: list[httpx.Request] = []
+
+    def record(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        response: httpx.Response = handler(request)
+        return response
+
+    async with client_for(record) as client:
+        return await send_unit(job_with(), client, unit), seen
+
+
+PATCH = Unit(1, f"{OLD}#0", OLD, "patch", '{"traits":{"Loyalty":{"points":1}}}')
+
+
+@pytest.mark.anyio
+async def test_a_merged_profile_is_followed_once_to_its_canonical_id() -> None:
+    """308 re-sends the same body to Canonical-Profile-Id (not the malformed Location)."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith(OLD):
+            return httpx.Response(
+                308,
+                headers={"Canonical-Profile-Id": NEW, "Location": "https:///broken"},
+                json={"message": "This resource has moved.", "uri": "https:///broken"},
+            )
+        return httpx.Response(202, json={"message": "accepted"})
+
+    result, seen = await send_one(handler, PATCH)
+    assert (result.state, result.outcome, result.status, result.sent_to) == (
+        DONE,
+        "updated",
+        202,
+        NEW,
+    )
+    assert [r.url.path.rsplit("/", 1)[1] for r in seen] == [OLD, NEW]
+    assert json.loads(seen[1].content) == json.loads(PATCH.body)
+    assert result.attempts == 2
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("answers", "outcome", "status", "message"),
+    [
+        ([(404, {"code": 20404, "message": "Not Found"})], "profile_not_found", 404, "Not Found"),
+        ([(400, {"code": 400, "message": "Unknown trait"})], "failed", 400, "Unknown trait"),
+        ([(308, {})], "failed", 308, "308 without a usable Canonical-Profile-Id header"),
+        ([(308, {"canonical": NEW}), (308, {"canonical": OLD})], "failed", 308, "moved again"),
+        ([(503, {"code": 20503, "message": "Service Unavailable"})], "failed", 503, None),
+    ],
+)
+async def test_final_answers_are_classified(
+    answers: list[tuple[int, dict[str, Any]]], outcome: str, status: int, message: str | None
+) -> None:
+    """404 is profile_not_found; a 400, a broken redirect or exhausted retries are failed."""
+    queue = list(answers)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        code, body = queue.pop(0)
+        headers = {"Canonical-Profile-Id": body.pop("canonical")} if "canonical" in body else {}
+        return httpx.Response(code, headers=headers, json=body)
+
+    result, _ = await send_one(handler, PATCH)
+    assert (result.state, result.outcome, result.status) == (FAILED, outcome, status)
+    if message is not None:
+        assert message in (result.message or "")
+
+
+@pytest.mark.anyio
+async def test_a_create_unit_posts_and_keeps_the_new_id() -> None:
+    """A profile to create is a POST /Profiles; the ID it answers is recorded."""
+    unit = Unit(2, "new:email a@b.c#0", None, "create", '{"traits":{"Contact":{"email":"a@b.c"}}}')
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        assert request.method == "POST"
+        assert request.url.path == f"/v1/Stores/{STORE}/Profiles"
+        return httpx.Response(202, json={"id": NEW, "message": "ok"})
+
+    result, _ = await send_one(handler, unit)
+    assert (result.outcome, result.sent_to) == ("created", NEW)
+
+
+def plan_file(tmp_path: Path, n: int) -> Path:
+    path = tmp_path / "plan.parquet"
+    pl.DataFrame(
+        {
+            "key": [f"p{i:05d}#0" for i in range(n)],
+            "profile_id": [f"p{i:05d}" for i in range(n)],
+            "action": ["patch"] * n,
+            "body": ["{}"] * n,
+            "hash": ["h"] * n,
+            "rows": [1] * n,
+        }
+    ).write_parquet(path)
+    return path
+
+
+@pytest.mark.anyio
+async def test_never_more_than_concurrency_units_in_flight(tmp_path: Path) -> None:
+    """While units are being sent, the checkpoint never shows more of them in flight than
+    there are workers, and each unit is claimed and finished exactly once."""
+    concurrency = 4
+    db = RunDB(tmp_path / "run.sqlite")
+    db.replace_units(plan_file(tmp_path, 300))
+    watcher = RunDB(tmp_path / "run.sqlite")
+    peak = 0
+
+    async def fake_send(job: Any, client: Any, unit: Unit) -> Result:
+        nonlocal peak
+        peak = max(peak, watcher.counts()[IN_FLIGHT])
+        await anyio.sleep(0.001)
+        return Result(unit.seq, DONE, "updated", 202, None, None, 1, None)
+
+    await deliver(job_with(concurrency), None, db, stop=anyio.Event(), send=fake_send)  # type: ignore[arg-type]
+    counts = db.counts()
+    assert (counts[DONE], counts[PENDING], counts[IN_FLIGHT], counts["resent"]) == (300, 0, 0, 0)
+    assert 1 <= peak <= concurrency
+
+
+@pytest.mark.anyio
+async def test_stopping_drains_and_leaves_nothing_in_flight(tmp_path: Path) -> None:
+    """After stop is set, no new unit is claimed; the ones in flight finish and are recorded."""
+    db = RunDB(tmp_path / "run.sqlite")
+    db.replace_units(plan_file(tmp_path, 200))
+    stop = anyio.Event()
+    sent = 0
+
+    async def fake_send(job: Any, client: Any, unit: Unit) -> Result:
+        nonlocal sent
+        sent += 1
+        if sent == 20:
+            stop.set()
+        await anyio.sleep(0.001)
+        return Result(unit.seq, DONE, "updated", 202, None, None, 1, None)
+
+    await deliver(job_with(4), None, db, stop=stop, send=fake_send)  # type: ignore[arg-type]
+    counts = db.counts()
+    assert counts[IN_FLIGHT] == 0
+    assert counts[DONE] == sent
+    assert counts[PENDING] == 200 - sent
+    assert sent < 30
