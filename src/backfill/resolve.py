@@ -18,15 +18,18 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio
 import polars as pl
 
 from backfill.checkpoint import RunDB
-from backfill.client import MemoryClient
 from backfill.config import Job
 from backfill.errors import ConfigError
 from backfill.mapping import PID, PROFILE_ID_PATTERN, identifier_column, normalize_column
+
+if TYPE_CHECKING:
+    from backfill.client import MemoryClient
 
 TARGET = "__target"
 OUTCOME = "__outcome"
