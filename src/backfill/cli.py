@@ -50,6 +50,19 @@ def _bounded(
     return number
 
 
+def _job_command(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    summary: str,
+    description: str,
+) -> argparse.ArgumentParser:
+    """A command that works on one job file, with --quiet."""
+    command = commands.add_parser(name, help=summary, description=description)
+    command.add_argument("job", type=Path, help="the job file (TOML)")
+    command.add_argument("--quiet", action="store_true", help="no progress bars or log lines")
+    return command
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="backfill",
@@ -59,29 +72,27 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks instead of hints")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    plan = commands.add_parser(
+    plan = _job_command(
+        commands,
         "plan",
-        help="read, resolve and plan a job without writing any trait",
-        description="A dry run of a job: read the extract, resolve every row to a profile "
-        "(lookups allowed), and write plan.parquet (the request units) and rejects.csv (rows "
-        "that will not be sent) to the job's output folder. No trait is written.",
+        "read, resolve and plan a job without writing any trait",
+        "A dry run of a job: read the extract, resolve every row to a profile (lookups "
+        "allowed), and write plan.parquet (the request units) and rejects.csv (rows that will "
+        "not be sent) to the job's output folder. No trait is written.",
     )
-    plan.add_argument("job", type=Path, help="the job file (TOML)")
     plan.add_argument("--offline", action="store_true", help="no lookups: resolve from the "
                       "profile ID column and the identity map only")  # fmt: skip
-    plan.add_argument("--quiet", action="store_true", help="no progress bars")
 
-    run = commands.add_parser(
+    run = _job_command(
+        commands,
         "run",
-        help="plan a job and deliver it, resumably, with reports",
-        description="Plan the job (or resume the last run of it), send every request under "
-        "the token bucket with retries, and write errors.csv, summary.json and report.md. "
-        "Re-running the same command continues where it stopped.",
+        "plan a job and deliver it, resumably, with reports",
+        "Plan the job (or resume the last run of it), send every request under the token "
+        "bucket with retries, and write errors.csv, summary.json and report.md. Re-running the "
+        "same command continues where it stopped.",
     )
-    run.add_argument("job", type=Path, help="the job file (TOML)")
     run.add_argument("--restart", action="store_true", help="ignore the checkpoint: plan and "
                      "send everything again (also when the job or its input changed)")  # fmt: skip
-    run.add_argument("--quiet", action="store_true", help="no progress bars or log lines")
 
     emu = commands.add_parser(
         "emulator",
