@@ -18,7 +18,7 @@ revision. ``--compare REV`` adds a "before": REV is checked out into a temporary
 and the two run alternately (after, before, after, before, ...), each with ``PYTHONPATH`` at its
 own ``src/``, so their ratio is taken under the same machine conditions; worktrees are removed
 afterwards. ``--compare`` runs that crash, time out or outgrow ``--rss-limit-mib`` are reported,
-not fatal. The results in BENCHMARKS.md come from ``--rev HEAD --compare 3649098``.
+not fatal. BENCHMARKS.md gives the exact commands behind its results.
 
 bench/plan_memory.py reuses this module for the 5,000,000-row Parquet peak-memory benchmark.
 Exits 1 if a run of the code under test fails or any run's counts are wrong, 2 if the benchmark
