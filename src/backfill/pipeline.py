@@ -154,13 +154,15 @@ def build_plan(
         if looked_up and pairs.height:
             found, stats = _lookups(job, pairs, out, quiet)
             candidates = pl.concat([candidates, found])
-        resolved_path = spill / "resolved.parquet"
-        resolve(job, mapped, candidates, looked_up=looked_up).sink_parquet(
-            resolved_path, compression=SPILL
-        )
-        resolved = pl.scan_parquet(resolved_path)
+        resolved = resolve(job, mapped, candidates, looked_up=looked_up)
+        if not candidates.is_empty():
+            # With candidates, resolving joins; do it once for the four readers below. Without
+            # (profile IDs only), it is a few cheap columns: recomputing beats a spill.
+            resolved_path = spill / "resolved.parquet"
+            resolved.sink_parquet(resolved_path, compression=SPILL)
+            resolved = pl.scan_parquet(resolved_path)
         plan_path = out / "plan.parquet"
-        rows = resolved.select(pl.len()).collect().item()
+        rows = mapped.select(pl.len()).collect().item()
         write_units(job, resolved, plan_path, rows, spill)
         plan_path.chmod(0o600)
         if keep_rows:
