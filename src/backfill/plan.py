@@ -24,16 +24,6 @@ from backfill.source import FILE, ROW
 MAX_GROUPS_PER_REQUEST = 50  # Memory API: TraitGroups maxProperties
 MAX_TRAITS_PER_GROUP = 99  # Memory API: traits of one group maxProperties
 
-UNIT_SCHEMA = {
-    "key": pl.String,
-    "profile_id": pl.String,
-    "action": pl.String,
-    "chunk": pl.UInt16,
-    "body": pl.String,
-    "hash": pl.String,
-    "rows": pl.UInt32,
-}
-
 
 def chunk_traits(
     traits: Sequence[tuple[str, str]],

@@ -25,8 +25,6 @@ from backfill.source import FILE, ROW, SourceFile
 if TYPE_CHECKING:
     from backfill.pipeline import PlanResult
 
-REJECT_COLUMNS = ["file", "row", "identifiers", "outcome", "reason"]
-
 
 def identifiers_text(job: Job) -> pl.Expr:
     """``profile_id=...; email=...; phone=...`` from the row's usable (normalized) identifiers."""
@@ -87,10 +85,6 @@ def format_plan(result: PlanResult) -> str:
         f"Wrote {result.plan_path} and {result.rejects_path} ({n(s.rejects)} lines).",
     ]
     return "\n".join(out)
-
-
-ERROR_COLUMNS = ["file", "row", "identifiers", "profile_id", "outcome", "status", "code",
-                 "message", "attempts"]  # fmt: skip
 
 
 def write_errors(

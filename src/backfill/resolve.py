@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import anyio
@@ -374,7 +373,3 @@ def resolve(
         target.alias(TARGET), outcome.alias(OUTCOME), reason.alias(REASON), action.alias(ACTION)
     ).drop(drop)
     return pl.concat([by_id, rest], how="vertical")
-
-
-def scan_mapped(spill: Path) -> pl.LazyFrame:
-    return pl.scan_parquet(spill / "*.parquet")
