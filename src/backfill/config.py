@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from backfill.errors import ConfigError
 from backfill.normalize import NORMALIZATIONS
+from backfill.throttle import default_burst
 
 STORE_ID = re.compile(r"^mem_(store|service)_[0-7][0-9a-z]{25}$")
 GROUP_NAME = re.compile(r"^[a-zA-Z0-9_\-\.]{1,64}$")
@@ -86,7 +87,7 @@ class Send:
 
     @property
     def effective_burst(self) -> int:
-        return self.burst if self.burst is not None else max(1, int(self.rate / 10))
+        return self.burst if self.burst is not None else default_burst(self.rate)
 
 
 @dataclass(frozen=True)

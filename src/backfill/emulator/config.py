@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from backfill.errors import ConfigError
+from backfill.throttle import default_burst
 
 DEFAULT_ACCOUNT_SID = "AC00000000000000000000000000000000"
 DEFAULT_AUTH_SECRET = "emulator"  # noqa: S105 - the documented, public credential of the local emulator
@@ -53,4 +54,4 @@ class EmulatorConfig:
     def effective_burst(self) -> int:
         if self.rate is None:
             return 0
-        return self.burst if self.burst is not None else max(1, int(self.rate / 10))
+        return self.burst if self.burst is not None else default_burst(self.rate)
