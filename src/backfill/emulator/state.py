@@ -160,20 +160,25 @@ def check_if_match(header: str | None, current: str) -> None:
         raise ApiError(412, "The resource has changed since it was fetched (If-Match failed).")
 
 
-def _page_token(offset: int) -> str:
-    return base64.urlsafe_b64encode(json.dumps({"o": offset}).encode()).decode().rstrip("=")
+def _token(key: str, value: object) -> str:
+    """An opaque page token: base64url of a one-key JSON object."""
+    return base64.urlsafe_b64encode(json.dumps({key: value}).encode()).decode().rstrip("=")
+
+
+def _token_value(token: str, key: str) -> object:
+    try:
+        padded = token + "=" * (-len(token) % 4)
+        return json.loads(base64.urlsafe_b64decode(padded))[key]
+    except (ValueError, KeyError, TypeError):
+        raise bad_request("pageToken is not a token this API issued.") from None
 
 
 def page_offset(token: str | None) -> int:
     if not token:
         return 0
-    try:
-        padded = token + "=" * (-len(token) % 4)
-        offset = json.loads(base64.urlsafe_b64decode(padded))["o"]
-        if isinstance(offset, int) and offset >= 0:
-            return offset
-    except (ValueError, KeyError, TypeError):
-        pass
+    offset = _token_value(token, "o")
+    if isinstance(offset, int) and not isinstance(offset, bool) and offset >= 0:
+        return offset
     raise bad_request("pageToken is not a token this API issued.")
 
 
@@ -186,9 +191,9 @@ def paginate(
     chunk = items[start : start + size]
     meta: dict[str, Any] = {"key": key, "pageSize": len(chunk)}
     if start + size < len(items):
-        meta["nextToken"] = _page_token(start + size)
+        meta["nextToken"] = _token("o", start + size)
     if start > 0:
-        meta["previousToken"] = _page_token(max(0, start - size))
+        meta["previousToken"] = _token("o", max(0, start - size))
     return {key: chunk, "meta": meta}
 
 
@@ -677,7 +682,7 @@ class Account:
             more = end - page_size > 0
         meta: dict[str, Any] = {"key": "profiles", "pageSize": len(chunk)}
         if more and chunk:
-            meta["nextToken"] = _encode_after(chunk[-1])
+            meta["nextToken"] = _token("a", chunk[-1])
         return {"profiles": chunk, "meta": meta}
 
 
@@ -691,18 +696,10 @@ def _remove_sorted(ids: list[str], item: str) -> None:
         del ids[i]
 
 
-def _encode_after(profile_id: str) -> str:
-    return base64.urlsafe_b64encode(json.dumps({"a": profile_id}).encode()).decode().rstrip("=")
-
-
 def _decode_after(token: str | None) -> str | None:
     if not token:
         return None
-    try:
-        padded = token + "=" * (-len(token) % 4)
-        after = json.loads(base64.urlsafe_b64decode(padded))["a"]
-        if isinstance(after, str) and PROFILE_ID.match(after):
-            return after
-    except (ValueError, KeyError, TypeError):
-        pass
+    after = _token_value(token, "a")
+    if isinstance(after, str) and PROFILE_ID.match(after):
+        return after
     raise bad_request("pageToken is not a token this API issued.")
