@@ -254,8 +254,12 @@ class MemoryClient:
         *,
         json: Any = None,
         params: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> Reply:
         """Send one request, retrying 429/500/503 and transport errors; see the module docstring.
+
+        ``headers`` are added to the client's own (e.g. ``If-Match``); the Reply's header names
+        are lower-case.
 
         Raises ``AuthError`` on 401/403 and ``BackfillError`` when the request cannot be built
         or sent at all (a bad URL, a proxy refusing); never an httpx error.
@@ -276,7 +280,9 @@ class MemoryClient:
                     await self.bucket.acquire()
                 self.stats.sent += 1
                 try:
-                    response = await http.request(method, path, json=json, params=params)
+                    response = await http.request(
+                        method, path, json=json, params=params, headers=headers
+                    )
                 except _NOT_TRANSIENT as exc:
                     raise BackfillError(f"cannot send {method} {path}: {_describe(exc)}") from exc
                 except httpx.TransportError as exc:
