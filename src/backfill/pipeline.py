@@ -23,7 +23,7 @@ from backfill.checkpoint import DONE, FAILED, IN_FLIGHT, PENDING, RunDB, RunLock
 from backfill.config import Job, load_job
 from backfill.errors import ConfigError, reported
 from backfill.files import private_dir
-from backfill.mapping import INVALID, map_batch
+from backfill.mapping import INVALID, ORDER, map_batch, present_column, value_column
 from backfill.plan import HASH_SCHEME, write_units
 from backfill.report import (
     DeliveryProgress,
@@ -60,6 +60,7 @@ EXIT_OK, EXIT_SOME_FAILED, EXIT_INTERRUPTED = 0, 1, 130
 
 SPILL: Final = "lz4"  # temporary files between stages: speed over size
 ROWS_FILE: Final = "rows.parquet"
+VALUES_FILE: Final = "values.parquet"
 
 
 T = TypeVar("T")
@@ -125,10 +126,17 @@ def plan(job_path: Path | str, *, offline: bool = False, quiet: bool = False) ->
 
 
 def build_plan(
-    job: Job, *, offline: bool = False, quiet: bool = False, keep_rows: bool = False
+    job: Job,
+    *,
+    offline: bool = False,
+    quiet: bool = False,
+    keep_rows: bool = False,
+    keep_values: bool = False,
 ) -> PlanResult:
     """The plan stages; ``keep_rows`` also writes rows.parquet (which rows feed which target),
-    which ``run`` needs to name the source rows behind a failed request."""
+    which ``run`` needs to name the source rows behind a failed request; ``keep_values`` writes
+    values.parquet (each resolved row's typed trait values), from which ``reconcile`` names the
+    row behind each expected value."""
     started = time.monotonic()
     files = source_files(job)
     check_columns(job, files)
@@ -173,6 +181,16 @@ def build_plan(
                 pl.col(TARGET),
             ).sink_parquet(out / ROWS_FILE)
             (out / ROWS_FILE).chmod(0o600)
+        if keep_values:
+            resolved.filter(pl.col(TARGET).is_not_null()).select(
+                pl.col(FILE),
+                pl.col(ROW),
+                pl.col(ORDER),
+                pl.col(TARGET),
+                *(pl.col(value_column(j)) for j in range(len(job.traits))),
+                *(pl.col(present_column(j)) for j in range(len(job.traits))),
+            ).sink_parquet(out / VALUES_FILE)
+            (out / VALUES_FILE).chmod(0o600)
         rejects_path = out / "rejects.csv"
         rejects = write_rejects(job, resolved, files, rejects_path)
         summary = _summary(job, resolved, plan_path, len(files), rejects, stats, started)
@@ -319,6 +337,21 @@ def run(job_path: Path | str, *, restart: bool = False, quiet: bool = False) -> 
         else:
             resumed = db.reset_in_flight()
         return _deliver_and_report(job, db, out, resumed, quiet)
+
+
+def deliver_planned(
+    job: Job, folder: Path, *, plan_meta: dict[str, Any], sources: list[str], quiet: bool = False
+) -> RunResult:
+    """Send a plan made by another command (``reconcile --fix``) through ``run``'s delivery path.
+
+    ``folder`` holds ``plan.parquet`` (plan_units' columns), ``rows.parquet`` and ``rejects.csv``
+    as ``build_plan(keep_rows=True)`` writes them; the checkpoint, errors.csv, summary.json and
+    report.md go next to them. The caller holds the job's RunLock.
+    """
+    with RunDB(folder / "run.sqlite") as db:
+        db.replace_units(folder / "plan.parquet")
+        db.set_meta(plan=plan_meta, sources=sources, hash_scheme=HASH_SCHEME)
+        return _deliver_and_report(job, db, folder, 0, quiet)
 
 
 def _deliver_and_report(job: Job, db: RunDB, out: Path, resumed: int, quiet: bool) -> RunResult:
