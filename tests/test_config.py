@@ -119,3 +119,18 @@ def test_seed_only_with_the_emulator(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError, match=r"connection\.seed"):
         load_job(write(tmp_path, text))
+
+
+def test_incremental_state(tmp_path: Path) -> None:
+    """[incremental] names a SQLite file kept across runs; not one of the run's own files."""
+    job = load_job(write(tmp_path, GOOD + '[incremental]\nstate = "state/t.sqlite"\n'))
+    assert job.incremental is not None and job.incremental.state == Path("state/t.sqlite")
+    assert load_job(write(tmp_path, GOOD)).incremental is None
+    for table, message in [
+        ('state = "state/t.json"', r"incremental\.state: must name a SQLite file"),
+        ('state = "out/t/run.sqlite"', r"incremental\.state: .* one of the run's own files"),
+        ('stat = "t.sqlite"', r"incremental\.stat: unknown key"),
+        ("", r"incremental\.state: is required"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            load_job(write(tmp_path, GOOD + f"[incremental]\n{table}\n"))

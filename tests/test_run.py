@@ -419,6 +419,7 @@ def test_sample_run_lands_exactly_the_expected_profiles(
         "created": 0,
         "profile_not_found": len(MISSING),
         "failed": 0,
+        "skipped_unchanged": 0,
         "pending": 0,
         "in_flight": 0,
     }

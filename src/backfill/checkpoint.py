@@ -19,6 +19,7 @@ import os
 import sqlite3  # noqa: TID251 - this module is the client's one door to SQLite
 import time
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -61,6 +62,21 @@ CREATE INDEX IF NOT EXISTS units_by_state ON units (state, seq);
 """
 
 PENDING, IN_FLIGHT, DONE, FAILED = "pending", "in_flight", "done", "failed"
+SKIPPED_UNCHANGED = "skipped_unchanged"  # outcome of a unit an incremental run did not send
+LANDED = ("updated", "created")  # outcomes after which Memory holds the unit's body
+
+# The incremental state (``[incremental] state``): one row per unit that landed, by store, with
+# the hash scheme its hashes were made under. It outlives runs; a run attaches it as ``inc``.
+STATE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS inc.landed (
+    store_id TEXT NOT NULL,
+    key TEXT NOT NULL,               -- <target>#<chunk>, as in plan.parquet
+    hash TEXT NOT NULL,              -- content hash of the body that landed
+    landed_at REAL NOT NULL,
+    PRIMARY KEY (store_id, key)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS inc.meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
 
 
 @dataclass(frozen=True)
@@ -117,8 +133,32 @@ class RunLock:
         tb: TracebackType | None,
     ) -> None:
         if self._fd is not None:
+            os.ftruncate(self._fd, 0)  # no pid: `backfill status` reads "not running"
             os.close(self._fd)  # closing releases the flock
             self._fd = None
+
+
+def lock_holder(folder: Path) -> int | None:
+    """The pid of a live process that holds (or held) ``folder``'s RunLock, or None.
+
+    For ``backfill status`` only: it must not take the lock itself (a cron run starting at
+    that instant would refuse), so it reads the pid the holder wrote and asks whether that
+    process is alive. A stale pid reused by another process reads as running: the safe error.
+    """
+    try:
+        text = (folder / "run.lock").read_text(encoding="ascii", errors="replace").strip()
+    except OSError:
+        return None
+    if not text.isdigit():
+        return None
+    pid = int(text)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:  # alive, someone else's
+        return pid
+    return pid
 
 
 class RunDB:
@@ -129,6 +169,7 @@ class RunDB:
         try:
             private_file(path)
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA busy_timeout=30000")
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(SCHEMA)
@@ -238,16 +279,7 @@ class RunDB:
 
     def counts(self) -> dict[str, int]:
         """Units per state, and per outcome of finished ones (``outcome:<name>``)."""
-        counts: dict[str, int] = {PENDING: 0, IN_FLIGHT: 0, DONE: 0, FAILED: 0}
-        for state, n in self._db.execute("SELECT state, count(*) FROM units GROUP BY state"):
-            counts[state] = n
-        for outcome, n in self._db.execute(
-            "SELECT outcome, count(*) FROM units WHERE outcome IS NOT NULL GROUP BY outcome"
-        ):
-            counts[f"outcome:{outcome}"] = n
-        resent = self._db.execute("SELECT count(*) FROM units WHERE claims > 1").fetchone()[0]
-        counts["resent"] = resent
-        return counts
+        return _counts(self._db)
 
     def failed_units(self) -> Iterator[tuple[Any, ...]]:
         """(key, profile_id, outcome, status, code, message, attempts, sent_to) of failures."""
@@ -263,6 +295,90 @@ class RunDB:
                 "SELECT count(*) FROM units WHERE action = 'patch' AND sent_to IS NOT NULL"
             ).fetchone()[0]
         )
+
+    def unfinished(self) -> int:
+        """Units not yet sent or whose answer is unknown."""
+        counts = self.counts()
+        return counts[PENDING] + counts[IN_FLIGHT]
+
+    def requeue_failed(self, outcomes: Iterable[str]) -> int:
+        """``backfill retry``: failed units with these outcomes go back to pending."""
+        with self._transaction():
+            cursor = self._db.execute(
+                "UPDATE units SET state = ?, outcome = NULL, status = NULL, code = NULL, "
+                "message = NULL, finished_at = NULL "
+                "WHERE state = ? AND outcome IN (SELECT value FROM json_each(?))",
+                (PENDING, FAILED, json.dumps(list(outcomes))),
+            )
+        return cursor.rowcount
+
+    def skip_unchanged(self, state: Path, store_id: str, scheme: str) -> int:
+        """Incremental runs: pending units whose body already landed (same key, same hash, same
+        hash scheme) are finished as ``skipped_unchanged`` without being sent."""
+        with self._attached(state, scheme), self._transaction():
+            cursor = self._db.execute(
+                "UPDATE units SET state = ?, outcome = ?, finished_at = ? "
+                "WHERE state = ? AND EXISTS (SELECT 1 FROM inc.landed AS l "
+                "WHERE l.store_id = ? AND l.key = units.key AND l.hash = units.hash)",
+                (DONE, SKIPPED_UNCHANGED, time.time(), PENDING, store_id),
+            )
+        return cursor.rowcount
+
+    def remember_landed(self, state: Path, store_id: str, scheme: str) -> int:
+        """Copy this run's outcomes into the incremental state: units that landed are
+        remembered with their hash; units that failed are forgotten (what Memory holds for them
+        is no longer known, so the next run sends them whatever their hash)."""
+        with self._attached(state, scheme), self._transaction():
+            landed = self._db.execute(
+                "INSERT INTO inc.landed (store_id, key, hash, landed_at) "
+                "SELECT ?, key, hash, finished_at FROM units "
+                "WHERE outcome IN (SELECT value FROM json_each(?)) "
+                "ON CONFLICT (store_id, key) DO UPDATE "
+                "SET hash = excluded.hash, landed_at = excluded.landed_at",
+                (store_id, json.dumps(LANDED)),
+            ).rowcount
+            self._db.execute(
+                "DELETE FROM inc.landed WHERE store_id = ? AND key IN "
+                "(SELECT key FROM units WHERE state = ?)",
+                (store_id, FAILED),
+            )
+        return landed
+
+    def forget_landed(self, state: Path, store_id: str, scheme: str) -> None:
+        """The store was reset (``--restart`` on the embedded emulator): nothing has landed."""
+        with self._attached(state, scheme), self._transaction():
+            self._db.execute("DELETE FROM inc.landed WHERE store_id = ?", (store_id,))
+
+    @contextmanager
+    def _attached(self, state: Path, scheme: str) -> Iterator[None]:
+        """Attach the incremental state file as ``inc``. Hashes made under another scheme
+        (another polars version) cannot be compared, so they are dropped: a resend, never a
+        wrong skip."""
+        try:
+            state.parent.mkdir(parents=True, exist_ok=True)
+            private_file(state)
+            self._db.execute("ATTACH DATABASE ? AS inc", (str(state),))
+        except (OSError, sqlite3.Error) as exc:
+            raise BackfillError(f"cannot open the incremental state {state}: {exc}") from exc
+        try:
+            self._db.execute("PRAGMA inc.journal_mode=WAL")
+            self._db.execute("PRAGMA inc.synchronous=FULL")
+            self._db.executescript(STATE_SCHEMA)
+            row = self._db.execute(
+                "SELECT value FROM inc.meta WHERE key = 'hash_scheme'"
+            ).fetchone()
+            if row is None or json.loads(row[0]) != scheme:
+                with self._transaction():
+                    self._db.execute("DELETE FROM inc.landed")
+                    self._db.execute(
+                        "INSERT OR REPLACE INTO inc.meta VALUES ('hash_scheme', ?)",
+                        (json.dumps(scheme),),
+                    )
+            yield
+        except sqlite3.Error as exc:
+            raise BackfillError(f"cannot use the incremental state {state}: {exc}") from exc
+        finally:
+            self._db.execute("DETACH DATABASE inc")
 
     def _transaction(self) -> _Transaction:
         return _Transaction(self._db)
@@ -280,6 +396,58 @@ class RunDB:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def _counts(db: sqlite3.Connection) -> dict[str, int]:
+    counts: dict[str, int] = {PENDING: 0, IN_FLIGHT: 0, DONE: 0, FAILED: 0}
+    for state, n in db.execute("SELECT state, count(*) FROM units GROUP BY state"):
+        counts[state] = n
+    for outcome, n in db.execute(
+        "SELECT outcome, count(*) FROM units WHERE outcome IS NOT NULL GROUP BY outcome"
+    ):
+        counts[f"outcome:{outcome}"] = n
+    counts["resent"] = db.execute("SELECT count(*) FROM units WHERE claims > 1").fetchone()[0]
+    return counts
+
+
+@dataclass(frozen=True)
+class Progress:
+    """What ``backfill status`` reads from a run file, without writing to it."""
+
+    counts: dict[str, int]
+    meta: dict[str, Any]
+    first_finished: float | None  # epoch seconds
+    last_finished: float | None
+    recent: int  # units finished in the minute before last_finished
+
+
+def read_progress(path: Path) -> Progress:
+    """Read a run file that a ``backfill run`` may be writing right now: a read-only
+    connection (``mode=ro``) takes no write lock and never creates or changes anything."""
+    if not path.is_file():
+        raise BackfillError(f"no run file at {path}")
+    try:
+        uri = f"{path.resolve().as_uri()}?mode=ro"
+        db = sqlite3.connect(uri, uri=True, isolation_level=None)
+        try:
+            db.execute("PRAGMA busy_timeout=5000")
+            db.execute("BEGIN")  # one read transaction: every figure from the same moment
+            counts = _counts(db)
+            meta = {k: json.loads(v) for k, v in db.execute("SELECT key, value FROM meta")}
+            first, last = db.execute(
+                "SELECT min(finished_at), max(finished_at) FROM units"
+            ).fetchone()
+            recent = 0
+            if last is not None:
+                recent = db.execute(
+                    "SELECT count(*) FROM units WHERE finished_at > ?", (last - 60.0,)
+                ).fetchone()[0]
+            db.execute("ROLLBACK")
+        finally:
+            db.close()
+    except sqlite3.Error as exc:
+        raise BackfillError(f"cannot read the run file {path}: {exc}") from exc
+    return Progress(counts, meta, first, last, recent)
 
 
 class _Transaction:

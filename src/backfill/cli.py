@@ -93,6 +93,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--restart", action="store_true", help="ignore the checkpoint: plan and "
                      "send everything again (also when the job or its input changed)")  # fmt: skip
+    run.add_argument("--full", action="store_true", help="plan afresh and send every unit, "
+                     "even those the [incremental] state says already landed")  # fmt: skip
+
+    retry = _job_command(
+        commands,
+        "retry",
+        "send again the requests of the last run that failed",
+        "Send again every request unit of the job's last run that ended 'failed' (after a "
+        "schema fix, say), and finish any the run left unsent; then write the reports again. "
+        "Nothing is re-planned: the checkpoint holds the requests.",
+    )
+    retry.add_argument("--not-found", action="store_true", help="also the units that ended "
+                       "profile_not_found (after restoring those profiles)")  # fmt: skip
+
+    commands.add_parser(
+        "status",
+        help="show the last or current run's progress",
+        description="Read the job's checkpoint and show the run's progress: running or not, "
+        "units finished by outcome, rate and time left. Reads only: safe beside a running "
+        "`backfill run`.",
+    ).add_argument("job", type=Path, help="the job file (TOML)")
 
     emu = commands.add_parser(
         "emulator",
@@ -160,9 +181,24 @@ def _run_plan(args: argparse.Namespace) -> int:
 def _run_run(args: argparse.Namespace) -> int:
     from backfill.pipeline import run
 
-    result = run(args.job, restart=args.restart, quiet=args.quiet)
+    result = run(args.job, restart=args.restart, full=args.full, quiet=args.quiet)
     print(result.text, end="")
     return result.exit_code
+
+
+def _run_retry(args: argparse.Namespace) -> int:
+    from backfill.pipeline import retry
+
+    result = retry(args.job, not_found=args.not_found, quiet=args.quiet)
+    print(result.text, end="")
+    return result.exit_code
+
+
+def _run_status(args: argparse.Namespace) -> int:
+    from backfill.pipeline import status
+
+    print(status(args.job).text, end="")
+    return EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -176,6 +212,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run_plan(args)
         if args.command == "run":
             return _run_run(args)
+        if args.command == "retry":
+            return _run_retry(args)
+        if args.command == "status":
+            return _run_status(args)
         parser.error(f"unknown command {args.command}")  # argparse exits with 2
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED

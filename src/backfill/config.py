@@ -91,6 +91,13 @@ class Send:
 
 
 @dataclass(frozen=True)
+class Incremental:
+    """What a nightly job remembers between runs: each landed unit's content hash."""
+
+    state: Path  # SQLite file, kept across runs (unlike the output folder's run.sqlite)
+
+
+@dataclass(frozen=True)
 class Job:
     path: Path
     name: str
@@ -100,6 +107,7 @@ class Job:
     traits: tuple[TraitMapping, ...]
     send: Send = field(default_factory=Send)
     output_dir: Path = Path("out")
+    incremental: Incremental | None = None
 
     @property
     def columns(self) -> list[str]:
@@ -194,7 +202,7 @@ def load_job(path: Path | str) -> Job:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
 
     top = _Reader(path, raw, "")
-    top.only("name", "connection", "source", "identity", "traits", "send", "output")
+    top.only("name", "connection", "source", "identity", "traits", "send", "output", "incremental")
     name = top.req("name")
     if not JOB_NAME.match(name):
         raise top.error("name", "use letters, digits, '-', '_' or '.' (it names the output folder)")
@@ -206,12 +214,13 @@ def load_job(path: Path | str) -> Job:
     output = top.sub("output")
     output.only("dir")
     out_dir = Path(output.string("dir") or f"out/{name}")
+    incremental = _incremental(top.sub("incremental"), out_dir) if "incremental" in raw else None
 
     if identity.profile_id_column is None and not identity.identifiers:
         raise top.error(
             "identity", "set profile_id_column or at least one [[identity.identifiers]]"
         )
-    return Job(path, name, connection, source, identity, traits, send, out_dir)
+    return Job(path, name, connection, source, identity, traits, send, out_dir, incremental)
 
 
 def _connection(r: _Reader) -> Connection:
@@ -332,6 +341,17 @@ def _trait(gr: _Reader, group: str, trait: str, spec: Any, default_nulls: str) -
         raise tr.error("split", 'only applies to type = "ARRAY"')
     nulls = tr.choice("nulls", ("skip", "delete"), default_nulls)
     return TraitMapping(group, trait, tr.req("column"), kind, split, nulls)  # type: ignore[arg-type]
+
+
+def _incremental(r: _Reader, out_dir: Path) -> Incremental:
+    r.only("state")
+    state = r.req("state")
+    if not state.endswith((".sqlite", ".db")):
+        raise r.error("state", "must name a SQLite file ending in .sqlite or .db")
+    path = Path(state)
+    if path.resolve() in {(out_dir / name).resolve() for name in ("run.sqlite", "emulator.sqlite")}:
+        raise r.error("state", f"{state} is one of the run's own files; name another file")
+    return Incremental(path)
 
 
 def _send(r: _Reader) -> Send:

@@ -19,7 +19,17 @@ import anyio
 import polars as pl
 from tqdm import tqdm
 
-from backfill.checkpoint import DONE, FAILED, IN_FLIGHT, PENDING, RunDB, RunLock
+from backfill.checkpoint import (
+    DONE,
+    FAILED,
+    IN_FLIGHT,
+    PENDING,
+    SKIPPED_UNCHANGED,
+    RunDB,
+    RunLock,
+    lock_holder,
+    read_progress,
+)
 from backfill.config import Job, load_job
 from backfill.errors import ConfigError, reported
 from backfill.files import private_dir
@@ -28,6 +38,7 @@ from backfill.plan import HASH_SCHEME, write_units
 from backfill.report import (
     DeliveryProgress,
     format_run,
+    format_status,
     identifiers_text,
     write_errors,
     write_private,
@@ -307,8 +318,15 @@ def fingerprint(job: Job, files: list[SourceFile]) -> str:
     return digest.hexdigest()
 
 
-def run(job_path: Path | str, *, restart: bool = False, quiet: bool = False) -> RunResult:
-    """``backfill run``: plan (or resume), deliver under the checkpoint, and report."""
+def run(
+    job_path: Path | str, *, restart: bool = False, full: bool = False, quiet: bool = False
+) -> RunResult:
+    """``backfill run``: plan (or resume), deliver under the checkpoint, and report.
+
+    The last run is resumed; if its job or inputs changed since, ``run`` refuses unless
+    ``restart``. With ``[incremental]``, a new plan's units whose body already landed are not
+    sent (``full`` plans afresh and sends them anyway).
+    """
     from backfill.target import EMULATOR_STATE
 
     job = load_job(job_path)
@@ -323,20 +341,125 @@ def run(job_path: Path | str, *, restart: bool = False, quiet: bool = False) -> 
                 " run with --restart to plan and send again from the start"
             )
         resumed = 0
-        if restart or db.meta("plan") is None:
-            if restart:
+        if restart or full or db.meta("plan") is None:
+            state = job.incremental.state if job.incremental is not None else None
+            store = job.connection.store_id
+            if restart and job.connection.embedded:
                 (out / EMULATOR_STATE).unlink(missing_ok=True)
+                if state is not None:  # the store starts from its seed again: nothing landed
+                    db.forget_landed(state, store, HASH_SCHEME)
+            else:  # what a killed run landed, before its checkpoint goes
+                _remember(job, db)
             plan_result = build_plan(job, quiet=quiet, keep_rows=True)
             db.replace_units(plan_result.plan_path)
+            skipped = 0
+            if state is not None and not full:
+                skipped = db.skip_unchanged(state, store, HASH_SCHEME)
             db.set_meta(
                 fingerprint=made_from,
                 plan=asdict(plan_result.summary),
                 sources=plan_result.sources,
                 hash_scheme=HASH_SCHEME,
+                incremental=_incremental_meta(job, full, skipped),
             )
         else:
             resumed = db.reset_in_flight()
-        return _deliver_and_report(job, db, out, resumed, quiet)
+        return _deliver_and_report(job, db, out, resumed, quiet, remember=True)
+
+
+def retry(job_path: Path | str, *, not_found: bool = False, quiet: bool = False) -> RunResult:
+    """``backfill retry``: send again the units of the last run that ended ``failed`` (and,
+    with ``not_found``, ``profile_not_found``), e.g. after a schema fix. Nothing is re-planned:
+    the checkpoint holds the bodies. Units the last run left unsent are finished too."""
+    from backfill.send import FAILED_OUTCOME, PROFILE_NOT_FOUND
+
+    job = load_job(job_path)
+    out = job.output_dir
+    if not (out / "run.sqlite").is_file():
+        raise ConfigError(f"nothing to retry: {job.path} has no run in {out} yet")
+    with RunLock(out), RunDB(out / "run.sqlite") as db:
+        if db.meta("plan") is None:
+            raise ConfigError(f"nothing to retry: the last run of {job.path} was never planned")
+        outcomes = [FAILED_OUTCOME, PROFILE_NOT_FOUND] if not_found else [FAILED_OUTCOME]
+        resumed = db.reset_in_flight()
+        db.requeue_failed(outcomes)
+        return _deliver_and_report(job, db, out, resumed, quiet, remember=True)
+
+
+@dataclass(frozen=True)
+class StatusResult:
+    job: Job
+    summary: dict[str, Any]
+    text: str
+
+
+def status(job_path: Path | str) -> StatusResult:
+    """``backfill status``: the last or current run's progress, read from its checkpoint
+    without taking the lock or writing anything, so it is safe beside a running ``run``."""
+    job = load_job(job_path)
+    out = job.output_dir
+    checkpoint = out / "run.sqlite"
+    if not checkpoint.is_file():
+        raise ConfigError(f"{job.path} has not been run yet: no checkpoint at {checkpoint}")
+    progress = read_progress(checkpoint)
+    pid = lock_holder(out)
+    c = progress.counts
+    total = sum(c[s] for s in (PENDING, IN_FLIGHT, DONE, FAILED))
+    unfinished = c[PENDING] + c[IN_FLIGHT]
+    if pid is not None:
+        state = "running"
+    elif progress.meta.get("plan") is None:
+        state = "planning interrupted"
+    else:
+        state = "interrupted" if unfinished else "finished"
+    rate = None
+    if progress.last_finished is not None and progress.first_finished is not None:
+        window = min(60.0, progress.last_finished - progress.first_finished)
+        rate = progress.recent / window if window > 0 else None
+    last_summary = _read_json(out / "summary.json") if state == "finished" else None
+    summary: dict[str, Any] = {
+        "job": str(job.path),
+        "checkpoint": str(checkpoint),
+        "state": state,
+        "pid": pid,
+        "units": {
+            "total": total,
+            "finished": c[DONE] + c[FAILED],
+            "pending": c[PENDING],
+            "in_flight": c[IN_FLIGHT],
+            **{k.removeprefix("outcome:"): v for k, v in c.items() if k.startswith("outcome:")},
+        },
+        "resent_units": c["resent"],
+        "rate_last_minute": round(rate, 3) if rate is not None else None,
+        "seconds_left": round(unfinished / rate) if rate and state == "running" else None,
+        "last_finished_at": progress.last_finished,
+        "plan": progress.meta.get("plan"),
+        "incremental": progress.meta.get("incremental"),
+        "exit_code": last_summary.get("exit_code") if last_summary else None,
+    }
+    return StatusResult(job, summary, format_status(summary))
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _remember(job: Job, db: RunDB) -> None:
+    """Copy what landed into the job's incremental state, if it has one. A checkpoint planned
+    under another hash scheme (another polars version) is not copied: its hashes would never
+    match again, so they could only make the state bigger."""
+    if job.incremental is not None and db.meta("hash_scheme") == HASH_SCHEME:
+        db.remember_landed(job.incremental.state, job.connection.store_id, HASH_SCHEME)
+
+
+def _incremental_meta(job: Job, full: bool, skipped: int) -> dict[str, Any] | None:
+    if job.incremental is None:
+        return None
+    return {"state": str(job.incremental.state), "full": full, "skipped_unchanged": skipped}
 
 
 def deliver_planned(
@@ -351,10 +474,14 @@ def deliver_planned(
     with RunDB(folder / "run.sqlite") as db:
         db.replace_units(folder / "plan.parquet")
         db.set_meta(plan=plan_meta, sources=sources, hash_scheme=HASH_SCHEME)
-        return _deliver_and_report(job, db, folder, 0, quiet)
+        return _deliver_and_report(job, db, folder, 0, quiet, remember=False)
 
 
-def _deliver_and_report(job: Job, db: RunDB, out: Path, resumed: int, quiet: bool) -> RunResult:
+def _deliver_and_report(
+    job: Job, db: RunDB, out: Path, resumed: int, quiet: bool, *, remember: bool
+) -> RunResult:
+    """Deliver the checkpoint's pending units and write the reports. ``remember``: copy what
+    landed into the job's incremental state (not for partial bodies such as reconcile's)."""
     from backfill.send import deliver
     from backfill.target import open_target
 
@@ -393,6 +520,8 @@ def _deliver_and_report(job: Job, db: RunDB, out: Path, resumed: int, quiet: boo
         stats, final_rate = run_async(main)
     finally:
         progress.close()
+        if remember:  # also what an interrupted run landed
+            _remember(job, db)
     seconds = time.monotonic() - started
     after = db.counts()
     delivered = (after[DONE] + after[FAILED]) - (before[DONE] + before[FAILED])
@@ -422,6 +551,7 @@ def _deliver_and_report(job: Job, db: RunDB, out: Path, resumed: int, quiet: boo
             "created": after.get("outcome:created", 0),
             "profile_not_found": after.get("outcome:profile_not_found", 0),
             "failed": after.get("outcome:failed", 0),
+            "skipped_unchanged": after.get(f"outcome:{SKIPPED_UNCHANGED}", 0),
             "pending": after[PENDING],
             "in_flight": after[IN_FLIGHT],
         },

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -181,6 +182,8 @@ def format_run(summary: dict[str, Any]) -> str:
         f"| profiles created | {n(u['created'])} |",
         f"| profile not found | {n(u['profile_not_found'])} |",
         f"| failed | {n(u['failed'])} |",
+        f"| unchanged since they last landed, not sent (incremental) | "
+        f"{n(u['skipped_unchanged'])} |",
         f"| not sent yet | {n(u['pending'] + u['in_flight'])} |",
         f"| merged profiles followed | {n(summary['remaps'])} |",
         f"| HTTP requests | {n(q['sent'])} ({n(q['retries'])} retries) |",
@@ -194,6 +197,41 @@ def format_run(summary: dict[str, Any]) -> str:
         lines.append(f"| resumed units (were in flight when the last run stopped) | "
                      f"{n(summary['resumed'])} |")  # fmt: skip
     lines += ["", f"Files: {', '.join(summary['files'].values())}."]
+    return "\n".join(lines) + "\n"
+
+
+def format_status(summary: dict[str, Any]) -> str:
+    """What ``backfill status`` prints."""
+    u = summary["units"]
+    n = "{:,}".format
+    state = summary["state"]
+    if state == "running":
+        state += f" (pid {summary['pid']})"
+    elif state == "finished" and summary["exit_code"] is not None:
+        state += f", exit code {summary['exit_code']}"
+    share = 100 * u["finished"] / u["total"] if u["total"] else 100.0
+    lines = [
+        f"{summary['job']}: {state}",
+        f"  units: {n(u['finished'])} of {n(u['total'])} finished ({share:.1f}%), "
+        f"{n(u['pending'])} pending, {n(u['in_flight'])} in flight",
+    ]
+    outcomes = [
+        f"{n(u[name])} {name.replace('_', ' ')}"
+        for name in ("updated", "created", "skipped_unchanged", "profile_not_found", "failed")
+        if u.get(name)
+    ]
+    if outcomes:
+        lines.append(f"  outcomes: {', '.join(outcomes)}")
+    if summary["rate_last_minute"] is not None:
+        line = f"  rate: {summary['rate_last_minute']:.1f} units/s over the last minute of sending"
+        if summary["seconds_left"] is not None:
+            line += f", about {summary['seconds_left']:,} s left"
+        lines.append(line)
+    if summary["last_finished_at"] is not None:
+        stamp = datetime.fromtimestamp(summary["last_finished_at"], UTC)
+        lines.append(f"  last unit finished: {stamp:%Y-%m-%d %H:%M:%S} UTC")
+    if summary["resent_units"]:
+        lines.append(f"  re-sent after a crash: {n(summary['resent_units'])} units")
     return "\n".join(lines) + "\n"
 
 
