@@ -5,7 +5,9 @@ below to one exit code, so adding a class here means adding its line there::
 
     BackfillError                anything we raise on purpose (exit 1 unless below)
     ├── ConfigError              bad job file, option or seed file; nothing written (exit 2)
-    │   └── InvalidIdentifierError  a value its identifier's normalization rejects
+    │   ├── InvalidIdentifierError  a value its identifier's normalization rejects
+    │   └── SchemaMismatch       the store lacks trait groups/traits the job writes (exit 2)
+    ├── SchemaError              a trait-group read or change failed or never completed (exit 1)
     ├── RunLocked                another process is running this job (exit 2)
     ├── AuthError                credentials missing or refused (401/403): stop at once (exit 3)
     └── EmulatorError            the local emulator could not start or serve (exit 1)
@@ -25,6 +27,20 @@ class ConfigError(BackfillError):
 
 class InvalidIdentifierError(ConfigError, ValueError):
     """An identifier value that its normalization rejects (e.g. a phone number with 7 digits)."""
+
+
+class SchemaMismatch(ConfigError):
+    """The store lacks a trait group or trait the job writes, or types one differently; raised
+    before the first row, since the API would refuse every row (``.diff``: what differs)."""
+
+    def __init__(self, message: str, diff: str) -> None:
+        super().__init__(message)
+        self.diff = diff
+
+
+class SchemaError(BackfillError):
+    """A trait-group read or write failed after retries, its Operation failed, or the group kept
+    changing under us (412 every time)."""
 
 
 class RunLocked(BackfillError):
