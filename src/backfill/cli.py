@@ -55,11 +55,14 @@ def _job_command(
     name: str,
     summary: str,
     description: str,
+    *,
+    quiet: bool = True,
 ) -> argparse.ArgumentParser:
-    """A command that works on one job file, with --quiet."""
+    """A command that works on one job file, with --quiet when it shows progress."""
     command = commands.add_parser(name, help=summary, description=description)
     command.add_argument("job", type=Path, help="the job file (TOML)")
-    command.add_argument("--quiet", action="store_true", help="no progress bars or log lines")
+    if quiet:
+        command.add_argument("--quiet", action="store_true", help="no progress bars or log lines")
     return command
 
 
@@ -107,13 +110,30 @@ def build_parser() -> argparse.ArgumentParser:
     retry.add_argument("--not-found", action="store_true", help="also the units that ended "
                        "profile_not_found (after restoring those profiles)")  # fmt: skip
 
-    commands.add_parser(
+    schema = _job_command(
+        commands,
+        "schema",
+        "compare the store's trait groups with what the job writes; --apply fixes them",
+        "Derive the trait groups and traits the job writes (dataType from the mapping, "
+        "idTypePromotion for identifier columns written as traits), read the store's, and "
+        "print the difference. --apply creates missing groups and adds missing traits "
+        "(If-Match, re-read on 412), never overwriting a trait of another dataType.",
+        quiet=False,
+    )
+    schema.add_argument("--apply", action="store_true", help="create the missing groups and "
+                        "traits, and wait for the store to finish")  # fmt: skip
+    schema.add_argument("--prune", action="store_true", help="with --apply: also delete traits "
+                        "of the job's groups that the job does not map")  # fmt: skip
+
+    _job_command(
+        commands,
         "status",
-        help="show the last or current run's progress",
-        description="Read the job's checkpoint and show the run's progress: running or not, "
-        "units finished by outcome, rate and time left. Reads only: safe beside a running "
+        "show the last or current run's progress",
+        "Read the job's checkpoint and show the run's progress: running or not, units "
+        "finished by outcome, rate and time left. Reads only: safe beside a running "
         "`backfill run`.",
-    ).add_argument("job", type=Path, help="the job file (TOML)")
+        quiet=False,
+    )
 
     emu = commands.add_parser(
         "emulator",
@@ -194,6 +214,14 @@ def _run_retry(args: argparse.Namespace) -> int:
     return result.exit_code
 
 
+def _run_schema(args: argparse.Namespace) -> int:
+    from backfill.schema import schema
+
+    result = schema(args.job, apply=args.apply, prune=args.prune)
+    print(result.text, end="" if result.text.endswith("\n") else "\n")
+    return result.exit_code
+
+
 def _run_status(args: argparse.Namespace) -> int:
     from backfill.pipeline import status
 
@@ -216,6 +244,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run_retry(args)
         if args.command == "status":
             return _run_status(args)
+        if args.command == "schema":
+            return _run_schema(args)
         parser.error(f"unknown command {args.command}")  # argparse exits with 2
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED

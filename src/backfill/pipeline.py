@@ -350,6 +350,7 @@ def run(
                     db.forget_landed(state, store, HASH_SCHEME)
             else:  # what a killed run landed, before its checkpoint goes
                 _remember(job, db)
+            check_schema(job)
             plan_result = build_plan(job, quiet=quiet, keep_rows=True)
             db.replace_units(plan_result.plan_path)
             skipped = 0
@@ -363,8 +364,23 @@ def run(
                 incremental=_incremental_meta(job, full, skipped),
             )
         else:
+            check_schema(job)
             resumed = db.reset_in_flight()
         return _deliver_and_report(job, db, out, resumed, quiet, remember=True)
+
+
+def check_schema(job: Job) -> None:
+    """Stop before any lookup or write when the store lacks a trait group or trait the job
+    writes (``SchemaMismatch``, exit 2): the API would reject every such row one by one."""
+    from backfill.schema import check
+    from backfill.target import open_target
+
+    async def main() -> None:
+        with open_target(job) as target:
+            async with target.client(job) as client:
+                await check(job, client)
+
+    run_async(main)
 
 
 def retry(job_path: Path | str, *, not_found: bool = False, quiet: bool = False) -> RunResult:
@@ -381,6 +397,7 @@ def retry(job_path: Path | str, *, not_found: bool = False, quiet: bool = False)
         if db.meta("plan") is None:
             raise ConfigError(f"nothing to retry: the last run of {job.path} was never planned")
         outcomes = [FAILED_OUTCOME, PROFILE_NOT_FOUND] if not_found else [FAILED_OUTCOME]
+        check_schema(job)
         resumed = db.reset_in_flight()
         db.requeue_failed(outcomes)
         return _deliver_and_report(job, db, out, resumed, quiet, remember=True)
