@@ -1,18 +1,28 @@
-"""MemoryClient: retries, Retry-After, auth errors and credentials; then against the emulator."""
+"""MemoryClient: retries, Retry-After, auth errors and credentials; then against the emulator.
+
+The client has two wires (raw aiohttp by default, httpx over an injected transport), and every
+behaviour check runs on both (the ``wire`` fixture): on httpx through ``httpx.MockTransport``, on
+aiohttp against ``ScriptServer``, which serves the same scripted answers over real HTTP on
+loopback; the emulator tests give each wire a real server with its fault switches.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import contextvars
 import itertools
 import json
+import math
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import anyio
 import anyio.lowlevel
 import httpx
@@ -21,7 +31,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from backfill import __version__
-from backfill.client import Credentials, MemoryClient, Reply, RetryPolicy
+from backfill.client import (
+    Credentials,
+    MemoryClient,
+    Reply,
+    RetryPolicy,
+    aiohttp_transient,
+    encode_json,
+)
 from backfill.emulator import EmulatorConfig, EmulatorServer
 from backfill.errors import AuthError, BackfillError, ConfigError
 from backfill.throttle import TokenBucket
@@ -90,26 +107,99 @@ def throttled(retry_after: str | None) -> httpx.Response:
 OK = httpx.Response(200, json={"normalizedValue": "ada@example.com", "profiles": [ADA]})
 
 
+STALL = 5.0  # how long ScriptServer sits on a request scripted as a timeout
+SHORT = 0.3  # the client timeout in tests that meet one on the aiohttp wire
+
+
+class ScriptServer:
+    """A Script's answers over real HTTP on loopback, for the aiohttp wire.
+
+    Each request is mirrored into an ``httpx.Request`` (method, URL with the raw path, headers,
+    body) so tests inspect ``script.requests`` alike on both wires. A scripted timeout
+    (``httpx.TimeoutException``) holds the request for ``STALL`` seconds; any other scripted
+    transport error closes the connection without an answer.
+    """
+
+    def __init__(self, script: Script) -> None:
+        self.script = script
+        self.url = ""
+        self._runner: Any = None
+
+    async def __aenter__(self) -> ScriptServer:
+        from aiohttp import web
+
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._runner.cleanup()
+
+    async def _handle(self, request: Any) -> Any:
+        from aiohttp import web
+
+        mirrored = httpx.Request(
+            request.method,
+            self.url + request.raw_path,
+            headers=list(request.headers.items()),
+            content=await request.read(),
+        )
+        try:
+            response = self.script(mirrored)
+        except httpx.TimeoutException:
+            await asyncio.sleep(STALL)
+            raise
+        except httpx.TransportError:
+            request.transport.close()
+            raise
+        headers = [(k, v) for k, v in response.headers.items() if k.lower() != "content-length"]
+        return web.Response(status=response.status_code, body=response.content, headers=headers)
+
+
+@pytest.fixture(params=["httpx", "aiohttp"])
+def wire(request: pytest.FixtureRequest) -> str:
+    """Which wire the client under test uses: MockTransport, or raw aiohttp to ScriptServer."""
+    return str(request.param)
+
+
+@contextlib.asynccontextmanager
+async def open_client(script: Script, wire: str, **kwargs: Any) -> AsyncIterator[MemoryClient]:
+    """A MemoryClient whose every request ``script`` answers, over ``wire``."""
+    kwargs.setdefault("credentials", CREDS)
+    if wire == "httpx":
+        kwargs.pop("timeout", None)
+        async with MemoryClient(URL, transport=httpx.MockTransport(script), **kwargs) as client:
+            assert client.wire == "httpx"
+            yield client
+        return
+    async with ScriptServer(script) as server:
+        kwargs.setdefault("timeout", 10.0)
+        async with MemoryClient(server.url, **kwargs) as client:
+            assert client.wire == "aiohttp"
+            yield client
+
+
 async def run(
     script: Script,
+    wire: str = "httpx",
     *,
     retry: RetryPolicy = FAST,
     bucket: TokenBucket | None = None,
     clock: FakeClock | None = None,
+    client_timeout: float = 10.0,
 ) -> tuple[Reply, MemoryClient, FakeClock]:
-    """One lookup through a MockTransport client with a fake clock."""
+    """One lookup through a client on ``wire`` answered by ``script``, with a fake clock."""
     clock = clock or script.clock or FakeClock()
     script.clock = clock
-    client = MemoryClient(
-        URL,
-        CREDS,
-        transport=httpx.MockTransport(script),
-        retry=retry,
-        bucket=bucket,
-        clock=clock,
-        rng=random.Random(1),
-    )
-    async with client:
+    async with open_client(
+        script, wire, retry=retry, bucket=bucket, clock=clock, rng=random.Random(1),
+        timeout=client_timeout,
+    ) as client:  # fmt: skip
         reply = await client.lookup(STORE, "email", "ada@example.com")
     return reply, client, clock
 
@@ -119,10 +209,10 @@ async def run(
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("seconds", [1, 3, 17])
-async def test_retry_after_is_honoured_with_small_positive_jitter(seconds: int) -> None:
+async def test_retry_after_is_honoured_with_small_positive_jitter(seconds: int, wire: str) -> None:
     """A 429's Retry-After is waited in full, stretched by at most 20%, then retried."""
     script = Script(throttled(str(seconds)), OK)
-    reply, client, clock = await run(script)
+    reply, client, clock = await run(script, wire)
     assert (reply.status, reply.attempts, reply.throttled) == (200, 2, 1)
     assert len(clock.sleeps) == 1
     assert seconds <= clock.sleeps[0] <= seconds * 1.2
@@ -131,11 +221,13 @@ async def test_retry_after_is_honoured_with_small_positive_jitter(seconds: int) 
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("retry_after", ["0", "soon", "-1", "1.5", "", None])
-async def test_unusable_retry_after_falls_back_to_floored_backoff(retry_after: str | None) -> None:
+async def test_unusable_retry_after_falls_back_to_floored_backoff(
+    retry_after: str | None, wire: str
+) -> None:
     """Retry-After "0", garbage or missing means backoff of at least `base`, never "now"."""
     policy = RetryPolicy(max_attempts=5, base=0.5, cap=20)
     script = Script(throttled(retry_after))
-    reply, _, clock = await run(script, retry=policy)
+    reply, _, clock = await run(script, wire, retry=policy)
     assert (reply.status, reply.code, reply.attempts, reply.throttled) == (429, 20429, 5, 5)
     assert len(clock.sleeps) == 4
     for attempt, delay in enumerate(clock.sleeps, start=1):
@@ -170,21 +262,23 @@ def test_retry_policy_rejects_nonsense() -> None:
 
 @pytest.mark.anyio
 @pytest.mark.parametrize(("retry_after", "pause"), [("3", 3.0), ("0", 0.5), (None, 0.5)])
-async def test_429_holds_the_bucket_for_every_worker(retry_after: str | None, pause: float) -> None:
+async def test_429_holds_the_bucket_for_every_worker(
+    retry_after: str | None, pause: float, wire: str
+) -> None:
     """After a 429 nobody's next request goes before Retry-After (or the backoff floor) is over."""
     clock = FakeClock()
     bucket = TokenBucket(100, 10, clock)
     script = Script(throttled(retry_after), OK, clock=clock)
-    reply, _, _ = await run(script, retry=RetryPolicy(max_attempts=1), bucket=bucket)
+    reply, _, _ = await run(script, wire, retry=RetryPolicy(max_attempts=1), bucket=bucket)
     assert reply.status == 429  # out of attempts: the 429 itself comes back
     assert bucket.held_until == pause
-    reply, _, _ = await run(script, bucket=bucket)  # another worker, same bucket
+    reply, _, _ = await run(script, wire, bucket=bucket)  # another worker, same bucket
     assert reply.status == 200
     assert script.sent_at == [0.0, pause]
 
 
 @pytest.mark.anyio
-async def test_every_attempt_takes_a_token() -> None:
+async def test_every_attempt_takes_a_token(wire: str) -> None:
     """Retries take tokens from the bucket too, not only first attempts."""
     taken = 0
 
@@ -196,7 +290,7 @@ async def test_every_attempt_takes_a_token() -> None:
 
     clock = FakeClock()
     script = Script(error(500, 20500), error(503, 20503), httpx.ConnectError("refused"), OK)
-    reply, _, _ = await run(script, bucket=Counting(1000, 10, clock), clock=clock)
+    reply, _, _ = await run(script, wire, bucket=Counting(1000, 10, clock), clock=clock)
     assert (reply.status, reply.attempts) == (200, 4)
     assert taken == 4
 
@@ -206,10 +300,12 @@ async def test_every_attempt_takes_a_token() -> None:
 
 @pytest.mark.anyio
 @pytest.mark.parametrize(("status", "code"), [(500, 20500), (503, 20503), (429, 20429)])
-async def test_server_errors_are_retried_until_attempts_run_out(status: int, code: int) -> None:
+async def test_server_errors_are_retried_until_attempts_run_out(
+    status: int, code: int, wire: str
+) -> None:
     """500/503/429 are retried up to max_attempts, then the last reply comes back."""
     script = Script(error(status, code, "try later"))
-    reply, client, clock = await run(script)
+    reply, client, clock = await run(script, wire)
     assert (reply.status, reply.code, reply.message) == (status, code, "try later")
     assert reply.attempts == len(script.requests) == FAST.max_attempts
     assert len(clock.sleeps) == FAST.max_attempts - 1
@@ -228,22 +324,32 @@ async def test_server_errors_are_retried_until_attempts_run_out(status: int, cod
         httpx.ReadError("connection reset"),
     ],
 )
-async def test_transport_errors_are_retried_then_reported_without_status(exc: Exception) -> None:
-    """Connect errors, timeouts and disconnects are retried; the end is a Reply with status None."""
+async def test_transport_errors_are_retried_then_reported_without_status(
+    exc: Exception, wire: str
+) -> None:
+    """Connect errors, timeouts and disconnects are retried; the end is a Reply with status None.
+
+    On the aiohttp wire the server drops the connection, or holds the request past the client's
+    timeout; the message is then aiohttp's (ServerDisconnectedError, SocketTimeoutError)."""
     script = Script(exc)
-    reply, client, _ = await run(script)
+    reply, client, _ = await run(script, wire, client_timeout=SHORT)
     assert reply.status is None
     assert reply.attempts == len(script.requests) == FAST.max_attempts
-    assert reply.message is not None and type(exc).__name__ in reply.message
+    assert reply.message is not None
+    if wire == "httpx":
+        assert type(exc).__name__ in reply.message
+    else:
+        timeout = isinstance(exc, httpx.TimeoutException)
+        assert ("Timeout" if timeout else "Disconnected") in reply.message
     assert (reply.body, reply.code, dict(reply.headers)) == (None, None, {})
     assert client.stats.transport_errors == FAST.max_attempts
 
 
 @pytest.mark.anyio
-async def test_transport_error_then_success() -> None:
+async def test_transport_error_then_success(wire: str) -> None:
     """A dropped connection followed by a good answer ends 200 after two attempts."""
     script = Script(httpx.RemoteProtocolError("Server disconnected"), OK)
-    reply, _, clock = await run(script)
+    reply, _, clock = await run(script, wire)
     assert (reply.status, reply.attempts, reply.body["profiles"]) == (200, 2, [ADA])
     assert clock.sleeps[0] >= FAST.base
 
@@ -264,10 +370,12 @@ async def test_transport_error_then_success() -> None:
         ),
     ],
 )
-async def test_other_statuses_come_back_at_once(response: httpx.Response) -> None:
-    """2xx, 3xx and other 4xx are the caller's to judge: one attempt, no sleep."""
+async def test_other_statuses_come_back_at_once(response: httpx.Response, wire: str) -> None:
+    """2xx, 3xx and other 4xx are the caller's to judge: one attempt, no sleep; the Reply's
+    header names are lower-case."""
     script = Script(response)
-    reply, _, clock = await run(script)
+    reply, _, clock = await run(script, wire)
+    assert all(name == name.lower() for name in reply.headers)
     assert reply.status == response.status_code
     assert reply.attempts == len(script.requests) == 1
     assert clock.sleeps == []
@@ -279,22 +387,22 @@ async def test_other_statuses_come_back_at_once(response: httpx.Response) -> Non
 
 
 @pytest.mark.anyio
-async def test_non_json_body_is_none() -> None:
+async def test_non_json_body_is_none(wire: str) -> None:
     """A body that is not JSON gives body None and no Twilio code, not an exception."""
-    reply, _, _ = await run(Script(httpx.Response(502, text="<html>bad gateway</html>")))
+    reply, _, _ = await run(Script(httpx.Response(502, text="<html>bad gateway</html>")), wire)
     assert (reply.status, reply.body, reply.code, reply.message) == (502, None, None, None)
 
 
 @pytest.mark.anyio
 @pytest.mark.parametrize(("status", "code"), [(401, 20003), (403, 403)])
 async def test_auth_failure_raises_after_one_attempt_without_secrets(
-    status: int, code: int
+    status: int, code: int, wire: str
 ) -> None:
     """401/403 raise AuthError at once with status, code and a hint, never the credentials."""
     echo = f"Authenticate failed for {CREDS.username}:{SECRET}"  # a server echoing is redacted
     script = Script(error(status, code, echo))
     with pytest.raises(AuthError) as caught:
-        await run(script)
+        await run(script, wire)
     text = str(caught.value)
     assert len(script.requests) == 1
     assert str(status) in text and str(code) in text and "TWILIO_" in text
@@ -320,29 +428,127 @@ async def test_errors_of_our_own_are_translated_not_retried(exc: Exception) -> N
 
 
 @pytest.mark.anyio
-async def test_lookup_sends_basic_auth_user_agent_and_body() -> None:
+async def test_lookup_sends_basic_auth_user_agent_and_body(wire: str) -> None:
     """lookup POSTs {idType, value} to the store's Lookup path with Basic auth and User-Agent."""
     script = Script(OK)
-    reply, _, _ = await run(script)
+    async with open_client(script, wire) as client:
+        reply = await client.lookup(STORE, "email", "ada@example.com")
     (request,) = script.requests
     assert request.method == "POST"
-    assert request.url == f"{URL}/v1/Stores/{STORE}/Profiles/Lookup"
+    assert request.url == f"{client.base_url}/v1/Stores/{STORE}/Profiles/Lookup"
     assert json.loads(request.content) == {"idType": "email", "value": "ada@example.com"}
+    assert request.headers["content-type"] == "application/json"
     token = base64.b64encode(f"{CREDS.username}:{SECRET}".encode()).decode()
     assert request.headers["authorization"] == f"Basic {token}"
     assert request.headers["user-agent"] == f"backfill/{__version__}"
+    assert request.headers["accept"] == "application/json"
     assert reply.body == {"normalizedValue": "ada@example.com", "profiles": [ADA]}
 
 
 @pytest.mark.anyio
-async def test_request_passes_params_and_quotes_path_ids() -> None:
+async def test_request_passes_params_and_quotes_path_ids(wire: str) -> None:
     """request() passes query parameters; lookup() cannot be steered off its path by an ID."""
     script = Script(OK)
-    async with MemoryClient(URL, CREDS, transport=httpx.MockTransport(script)) as client:
+    async with open_client(script, wire) as client:
         await client.request("GET", "/v1/Stores/x/Profiles", params={"pageSize": "10"})
         await client.lookup("../../ControlPlane", "email", "a@b.c")
     assert script.requests[0].url.params["pageSize"] == "10"
     assert script.requests[1].url.raw_path == b"/v1/Stores/..%2F..%2FControlPlane/Profiles/Lookup"
+
+
+@pytest.mark.anyio
+async def test_bodies_and_headers_are_sent_alike_on_both_wires(wire: str) -> None:
+    """``json=`` is encoded compactly (as httpx does); ``content=`` goes byte for byte; both as
+    application/json; the caller's headers are added, a Content-Type of its own wins."""
+    script = Script(httpx.Response(202, json={"message": "accepted"}))
+    planned = rb'{"traits": {"Loyalty": {"tier": "g\u00f6ld"}}}'  # not re-encoded
+    async with open_client(script, wire) as client:
+        await client.request("PATCH", "/v1/p", json={"traits": {"Loyalty": {"tier": "göld"}}})
+        await client.request("PATCH", "/v1/p", content=planned, headers={"If-Match": '"e1"'})
+        await client.request("PUT", "/v1/p", content=b"x", headers={"content-type": "text/plain"})
+        reply = await client.request("GET", "/v1/p")
+    first, second, third, fourth = script.requests
+    assert first.content == '{"traits":{"Loyalty":{"tier":"göld"}}}'.encode()
+    assert first.content == encode_json({"traits": {"Loyalty": {"tier": "göld"}}})
+    assert second.content == planned
+    assert second.headers["if-match"] == '"e1"'
+    assert [r.headers.get("content-type") for r in (first, second)] == ["application/json"] * 2
+    assert third.headers.get_list("content-type") == ["text/plain"]
+    assert fourth.content == b"" and "content-type" not in fourth.headers
+    assert (reply.status, reply.body) == (202, {"message": "accepted"})
+
+
+@pytest.mark.anyio
+async def test_relative_and_absolute_paths_reach_the_same_place(wire: str) -> None:
+    """A path with or without its leading slash is under the base URL; an absolute URL (a
+    next-page link) is sent as it is."""
+    script = Script(OK)
+    async with open_client(script, wire) as client:
+        await client.request("GET", "/v1/a")
+        await client.request("GET", "v1/b")
+        await client.request("GET", f"{client.base_url}/v1/c?pageToken=x")
+    assert [r.url.raw_path for r in script.requests] == [b"/v1/a", b"/v1/b", b"/v1/c?pageToken=x"]
+
+
+@pytest.mark.anyio
+async def test_a_body_that_cannot_be_sent_is_refused_before_sending(wire: str) -> None:
+    """json= and content= together, or JSON with NaN, are a BackfillError; nothing is sent."""
+    script = Script(OK)
+    async with open_client(script, wire) as client:
+        with pytest.raises(BackfillError, match="not both"):
+            await client.request("PATCH", "/v1/p", json={}, content=b"{}")
+        with pytest.raises(BackfillError, match="not JSON"):
+            await client.request("PATCH", "/v1/p", json={"points": math.nan})
+        with pytest.raises(BackfillError, match="not JSON"):
+            await client.request("PATCH", "/v1/p", json={"when": time})
+    assert script.requests == []
+    assert client.stats.sent == 0
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("path", "headers"),
+    [("/v1/p", {"X-Note": "two\r\nlines"}), ("ftp://memory.example.test/v1/p", None)],
+)
+async def test_aiohttp_errors_of_our_own_are_translated_not_retried(
+    path: str, headers: dict[str, str] | None
+) -> None:
+    """On the aiohttp wire a header aiohttp refuses or a URL it cannot send is a BackfillError
+    after one attempt, as httpx's LocalProtocolError / UnsupportedProtocol are on the other."""
+    script = Script(OK)
+    async with open_client(script, "aiohttp") as client:
+        with pytest.raises(BackfillError) as caught:
+            await client.request("GET", path, headers=headers)
+    assert isinstance(caught.value.__cause__, ValueError | aiohttp.ClientError)
+    assert not isinstance(caught.value, aiohttp.ClientError)
+    assert (script.requests, client.stats.sent, client.stats.retries) == ([], 1, 0)
+
+
+def _aiohttp_errors() -> list[type[BaseException]]:
+    found = {
+        value
+        for value in vars(aiohttp).values()
+        if isinstance(value, type) and issubclass(value, aiohttp.ClientError)
+    }
+    return sorted(found, key=lambda cls: cls.__name__)
+
+
+@pytest.mark.parametrize("cls", _aiohttp_errors(), ids=lambda cls: cls.__name__)
+def test_every_aiohttp_error_is_mapped(cls: type[BaseException]) -> None:
+    """Every aiohttp ClientError is either transient (retried: no answer from the network) or a
+    request of ours that cannot be sent (InvalidURL, a non-HTTP URL); nothing is left over."""
+    exc = cls.__new__(cls)  # the class is what decides; constructors differ
+    ours = issubclass(cls, aiohttp.InvalidURL | aiohttp.NonHttpUrlClientError)
+    assert aiohttp_transient(exc) is not ours
+
+
+def test_timeouts_and_os_errors_are_transient_other_errors_are_not() -> None:
+    """asyncio's total timeout and raw OS errors are transient; a ValueError (a header aiohttp
+    refuses) or anything else is not."""
+    assert aiohttp_transient(TimeoutError())  # asyncio's too, since 3.11
+    assert aiohttp_transient(ConnectionResetError())
+    assert not aiohttp_transient(ValueError("newline in header"))
+    assert not aiohttp_transient(RuntimeError("Session is closed"))
 
 
 @pytest.mark.anyio
@@ -512,13 +718,24 @@ def emulator_factory() -> Iterator[Callable[..., EmulatorServer]]:
         server.stop()
 
 
+def real_transport(wire: str, concurrency: int = 16) -> httpx.AsyncBaseTransport | None:
+    """What to pass as ``transport=`` for a real server over ``wire``: httpx's own pool, or
+    nothing (raw aiohttp)."""
+    if wire == "aiohttp":
+        return None
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    return httpx.AsyncHTTPTransport(limits=limits)
+
+
 @pytest.mark.anyio
 async def test_rate_limited_emulator_every_lookup_ends_200_after_retry_after(
-    emulator_factory: Callable[..., EmulatorServer],
+    emulator_factory: Callable[..., EmulatorServer], wire: str
 ) -> None:
-    """Over-driving an 80/s emulator at 100/s: 429s are met and waited out per Retry-After."""
+    """Over-driving an 80/s emulator at 100/s: 429s are met and waited out per Retry-After.
+
+    On the httpx wire a recording transport also checks each worker's own timing."""
     emu = emulator_factory(rate=80, burst=8, random_seed=3)
-    recorder = Recorder(16)
+    recorder = Recorder(16) if wire == "httpx" else None
     client = MemoryClient(
         emu.url,
         Credentials(*emu.auth),
@@ -527,6 +744,7 @@ async def test_rate_limited_emulator_every_lookup_ends_200_after_retry_after(
         transport=recorder,
         rng=random.Random(5),
     )
+    assert client.wire == wire
     start = time.monotonic()
     async with client:
         replies = await lookups(client, 40)
@@ -537,9 +755,11 @@ async def test_rate_limited_emulator_every_lookup_ends_200_after_retry_after(
     assert client.stats.throttled > 0
     assert client.stats.retries == client.stats.throttled == sum(r.throttled for r in replies)
     assert emu.stats()["rateLimited"] == client.stats.throttled
+    assert client.stats.sent == 40 + client.stats.throttled
     # Each worker came back no sooner than its 429's Retry-After said.
-    for who in range(40):
-        mine = [x for x in recorder.log if x.who == who]
+    log = recorder.log if recorder is not None else []
+    for who in range(40 if recorder is not None else 0):
+        mine = [x for x in log if x.who == who]
         assert mine[-1].status == 200
         for answer, retry in itertools.pairwise(mine):
             assert answer.status == 429 and answer.retry_after is not None
@@ -549,7 +769,7 @@ async def test_rate_limited_emulator_every_lookup_ends_200_after_retry_after(
 
 @pytest.mark.anyio
 async def test_faulty_emulator_every_lookup_ends_200_with_retries(
-    emulator_factory: Callable[..., EmulatorServer],
+    emulator_factory: Callable[..., EmulatorServer], wire: str
 ) -> None:
     """With 20% 500/503 and 10% dropped connections, 50 lookups all end 200 after retries."""
     emu = emulator_factory(fault_rate=0.2, drop_rate=0.1, random_seed=11)
@@ -558,6 +778,7 @@ async def test_faulty_emulator_every_lookup_ends_200_with_retries(
         Credentials(*emu.auth),
         retry=RetryPolicy(max_attempts=10, base=0.01, cap=0.05),
         rng=random.Random(5),
+        transport=real_transport(wire),
     )
     async with client:
         replies = await lookups(client, 50)
@@ -572,12 +793,13 @@ async def test_faulty_emulator_every_lookup_ends_200_with_retries(
 
 @pytest.mark.anyio
 async def test_wrong_password_raises_auth_error_after_one_request(
-    emulator_factory: Callable[..., EmulatorServer],
+    emulator_factory: Callable[..., EmulatorServer], wire: str
 ) -> None:
     """A refused password raises AuthError on the first 401; the emulator saw one request."""
     emu = emulator_factory(random_seed=1)
     wrong = "not-the-emulator-password"
-    async with MemoryClient(emu.url, Credentials(emu.auth[0], wrong)) as client:
+    creds = Credentials(emu.auth[0], wrong)
+    async with MemoryClient(emu.url, creds, transport=real_transport(wire)) as client:
         with pytest.raises(AuthError) as caught:
             await client.lookup(STORE, "email", "ada@example.com")
     assert wrong not in str(caught.value) and "401" in str(caught.value)
@@ -588,11 +810,14 @@ async def test_wrong_password_raises_auth_error_after_one_request(
 
 @pytest.mark.anyio
 async def test_client_still_works_after_cancelled_requests(
-    emulator_factory: Callable[..., EmulatorServer],
+    emulator_factory: Callable[..., EmulatorServer], wire: str
 ) -> None:
     """Cancelling in-flight requests leaves the pool usable (encode/httpcore#1093)."""
     emu = emulator_factory(latency_ms=200, random_seed=2)
-    async with MemoryClient(emu.url, Credentials(*emu.auth), concurrency=4, timeout=5) as client:
+    creds, transport = Credentials(*emu.auth), real_transport(wire, 4)
+    async with MemoryClient(
+        emu.url, creds, concurrency=4, timeout=5, transport=transport
+    ) as client:
         for cancel_after in (0.001, 0.1):  # while connecting; while awaiting the answer
             async with anyio.create_task_group() as tg:
                 for _ in range(8):  # more than `concurrency`: some are still queued

@@ -3,11 +3,24 @@
 ``MemoryClient.request`` sends one logical request and answers a ``Reply``: every attempt takes a
 token from the shared ``TokenBucket``; 429, 500, 503 and transport errors are retried with
 ``RetryPolicy`` (Retry-After is honoured and pauses the whole bucket); 401/403 raise ``AuthError``;
-every other status is the caller's to judge. httpx errors never leave this module.
+every other status is the caller's to judge.
+
+Two wires carry the bytes, behind one retry loop that does not know which it talks to:
+
+- by default raw aiohttp (``_AiohttpWire``): it costs about half the CPU per request of httpx
+  over aiohttp, which is what bounds an unthrottled run on one core (BENCHMARKS.md, "Delivery");
+- with ``transport=`` an ``httpx.AsyncClient`` over that transport (``_HttpxWire``), so tests can
+  inject ``httpx.MockTransport``.
+
+Each wire translates its library's errors at this edge: a network failure (no HTTP answer) comes
+back as its description, to be retried; an error of our own (a URL or header that cannot be sent)
+raises ``BackfillError``. No httpx or aiohttp error leaves this module.
 """
 
 from __future__ import annotations
 
+import base64
+import json as jsonlib
 import os
 import random
 import re
@@ -15,7 +28,7 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any
+from typing import Any, Final, Protocol
 from urllib.parse import quote
 
 import anyio
@@ -39,8 +52,10 @@ RETRY_STATUSES = frozenset({429, 500, 503})
 AUTH_STATUSES = frozenset({401, 403})
 _WHOLE_SECONDS = re.compile(r"[0-9]+")  # Retry-After as the API documents it: ^[0-9]+$
 
-# Transport errors that are our own doing, not the network's: retrying cannot help.
+# httpx transport errors that are our own doing, not the network's: retrying cannot help.
 _NOT_TRANSIENT = (httpx.UnsupportedProtocol, httpx.LocalProtocolError, httpx.ProxyError)
+_JSON_TYPE: Final = {"Content-Type": "application/json"}
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")  # an absolute URL, not a path
 
 
 @dataclass(frozen=True)
@@ -136,7 +151,7 @@ class ClientStats:
     by_status: Counter[int] = field(default_factory=Counter)
 
 
-def _describe(exc: Exception) -> str:
+def _describe(exc: BaseException) -> str:
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
@@ -147,11 +162,165 @@ def _redact(text: str | None, secret: str) -> str | None:
     return text.replace(secret, "***")
 
 
+def encode_json(value: Any) -> bytes:
+    """A JSON request body as httpx's ``json=`` encodes it: compact, UTF-8, no NaN."""
+    return jsonlib.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+
+
+# What a wire answers for one attempt: (status, headers with lower-case names, body bytes), or
+# the description of the network failure that left it without an answer.
+_Answer = tuple[int, dict[str, str], bytes]
+
+
+class _Wire(Protocol):
+    async def send(
+        self,
+        method: str,
+        path: str,
+        content: bytes | None,
+        params: Mapping[str, str] | None,
+        headers: Mapping[str, str] | None,
+    ) -> _Answer | str: ...
+
+    async def close(self) -> None: ...
+
+
+def _cannot_send(method: str, path: str, exc: BaseException) -> BackfillError:
+    return BackfillError(f"cannot send {method} {path}: {_describe(exc)}")
+
+
+class _HttpxWire:
+    """``httpx.AsyncClient`` over an injected transport (tests: ``httpx.MockTransport``)."""
+
+    def __init__(self, http: httpx.AsyncClient) -> None:
+        self._http = http
+
+    async def send(
+        self,
+        method: str,
+        path: str,
+        content: bytes | None,
+        params: Mapping[str, str] | None,
+        headers: Mapping[str, str] | None,
+    ) -> _Answer | str:
+        try:
+            response = await self._http.request(
+                method, path, content=content, params=params, headers=headers
+            )
+        except _NOT_TRANSIENT as exc:
+            raise _cannot_send(method, path, exc) from exc
+        except httpx.TransportError as exc:
+            return _describe(exc)
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
+            raise _cannot_send(method, path, exc) from exc
+        names = {name.lower(): value for name, value in response.headers.items()}
+        return response.status_code, names, response.content
+
+    async def close(self) -> None:
+        await self._http.aclose()
+
+
+def aiohttp_transient(exc: BaseException) -> bool:
+    """Whether an aiohttp-side error means "no answer from the network" (retry it) rather than
+    a request of ours that cannot be sent (a URL aiohttp refuses, a header with a line break).
+
+    The httpx wire's mapping, for the other library: connection, timeout, disconnect and
+    malformed-response errors are transient (httpx's ``TransportError``), bad URLs are not
+    (``InvalidURL``, ``UnsupportedProtocol``).
+    """
+    import aiohttp
+
+    if isinstance(exc, aiohttp.InvalidURL | aiohttp.NonHttpUrlClientError):
+        return False
+    # ClientConnectionError (refused, reset, disconnected, socket timeouts, TLS failures),
+    # ClientPayloadError (body cut short), ClientResponseError (an answer that is not HTTP: we
+    # never ask aiohttp to raise for status or follow redirects), and OSError, which includes
+    # TimeoutError (asyncio's too).
+    return isinstance(exc, aiohttp.ClientError | OSError)
+
+
+class _AiohttpWire:
+    """A raw ``aiohttp.ClientSession``: a pool of ``concurrency`` keep-alive connections,
+    certificates verified (aiohttp's default SSL context), Basic auth precomputed, no cookies,
+    no redirects followed, httpx's timeout phases (connect and each read within ``timeout``)."""
+
+    def __init__(self, base_url: str, credentials: Credentials, concurrency: int, timeout: float):
+        import aiohttp  # ~0.15 s to import, and an offline plan never sends
+
+        token = base64.b64encode(f"{credentials.username}:{credentials.password}".encode())
+        self._base = base_url
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=concurrency, limit_per_host=0),
+            headers={
+                "User-Agent": USER_AGENT,
+                "Accept": "application/json",
+                "Authorization": f"Basic {token.decode('ascii')}",
+            },
+            timeout=aiohttp.ClientTimeout(
+                total=None, connect=timeout, sock_connect=timeout, sock_read=timeout
+            ),
+            cookie_jar=aiohttp.DummyCookieJar(),  # an API client keeps no cookies
+            trust_env=False,  # as the httpx wire over an injected transport: no env proxies
+        )
+
+    def _url(self, path: str) -> str:
+        if path.startswith("/"):
+            return self._base + path
+        if _SCHEME.match(path):  # an absolute URL (a next-page link): as httpx, sent as is
+            return path
+        return f"{self._base}/{path}"
+
+    async def send(
+        self,
+        method: str,
+        path: str,
+        content: bytes | None,
+        params: Mapping[str, str] | None,
+        headers: Mapping[str, str] | None,
+    ) -> _Answer | str:
+        try:
+            response = await self._session.request(
+                method,
+                self._url(path),
+                data=content,
+                params=params,
+                headers=headers,
+                allow_redirects=False,  # a 308 is re-sent by the delivery stage, not here
+            )
+            body = await response.read()  # releases the connection, or closes it on failure
+        except Exception as exc:  # translated here; cancellation is not an Exception
+            if aiohttp_transient(exc):
+                return _describe(exc)
+            import aiohttp
+
+            # InvalidURL, a non-HTTP URL, a header aiohttp refuses to send (ValueError)
+            if isinstance(exc, ValueError | aiohttp.ClientError):
+                raise _cannot_send(method, path, exc) from exc
+            raise
+        names = {name.lower(): value for name, value in response.headers.items()}
+        return response.status, names, body
+
+    async def close(self) -> None:
+        await self._session.close()
+
+
+def _with_json_type(headers: Mapping[str, str] | None) -> Mapping[str, str]:
+    if headers is None:
+        return _JSON_TYPE
+    if any(name.lower() == "content-type" for name in headers):
+        return headers
+    return {**_JSON_TYPE, **headers}
+
+
 class MemoryClient:
-    """An async Memory API client owning one pooled ``httpx.AsyncClient``::
+    """An async Memory API client owning one pool of keep-alive connections::
 
     async with MemoryClient(url, Credentials.from_env(), bucket=TokenBucket(50, 5)) as client:
         reply = await client.lookup(store_id, "email", "ada@example.com")
+
+    The pool holds ``concurrency`` connections; requests beyond that queue here, first come first
+    served, before taking a token. Without ``transport`` the requests go over raw aiohttp; with
+    one, over ``httpx.AsyncClient(transport=transport)``: same requests, same Replies.
     """
 
     def __init__(
@@ -196,40 +365,42 @@ class MemoryClient:
         else:
             self._clock = bucket.clock if bucket is not None else SystemClock()
         self._rng = rng if rng is not None else random.Random()
-        self._http: httpx.AsyncClient | None = None
-        self._slots: anyio.CapacityLimiter | None = None
+        self._wire: _Wire | None = None
+        self._slots: anyio.Semaphore | None = None
+
+    @property
+    def wire(self) -> str:
+        """``"aiohttp"`` or ``"httpx"``: what carries the requests."""
+        return "aiohttp" if self._transport is None else "httpx"
 
     async def __aenter__(self) -> MemoryClient:
-        if self._http is not None:
+        if self._wire is not None:
             raise BackfillError("this MemoryClient is already open")
-        limits = httpx.Limits(
-            max_connections=self.concurrency, max_keepalive_connections=self.concurrency
-        )
-        # httpx is the interface (tests inject MockTransport); aiohttp carries the bytes by
-        # default, because httpx's own async pool slows as concurrency rises (encode/httpx#3215):
-        # measured here, ~4x the requests a second at concurrency 8.
         if self._transport is None:
-            # Imported here: aiohttp costs ~0.15 s to import, and an offline plan never sends.
-            from httpx_aiohttp import AiohttpTransport
-
-            transport: httpx.AsyncBaseTransport = AiohttpTransport(verify=True, limits=limits)
+            wire: _Wire = _AiohttpWire(
+                self.base_url, self._credentials, self.concurrency, self._timeout
+            )
         else:
-            transport = self._transport
-        http = httpx.AsyncClient(
-            base_url=self.base_url,
-            auth=httpx.BasicAuth(self._credentials.username, self._credentials.password),
-            headers={"User-Agent": USER_AGENT, "Accept": "application/json"},
-            limits=limits,
-            timeout=httpx.Timeout(self._timeout),
-            follow_redirects=False,  # a 308 is re-sent by the delivery stage, not here
-            verify=True,
-            transport=transport,
-        )
-        await http.__aenter__()
-        self._http = http
-        # Requests beyond `concurrency` queue here (FIFO) rather than in httpcore's pool, where
-        # they would count against the pool timeout.
-        self._slots = anyio.CapacityLimiter(self.concurrency)
+            limits = httpx.Limits(
+                max_connections=self.concurrency, max_keepalive_connections=self.concurrency
+            )
+            http = httpx.AsyncClient(
+                base_url=self.base_url,
+                auth=httpx.BasicAuth(self._credentials.username, self._credentials.password),
+                headers={"User-Agent": USER_AGENT, "Accept": "application/json"},
+                limits=limits,
+                timeout=httpx.Timeout(self._timeout),
+                follow_redirects=False,  # a 308 is re-sent by the delivery stage, not here
+                verify=True,
+                transport=self._transport,
+            )
+            await http.__aenter__()
+            wire = _HttpxWire(http)
+        self._wire = wire
+        # Requests beyond `concurrency` queue here (FIFO) rather than in the pool, where they
+        # would count against its timeout. fast_acquire: a free slot costs no trip through the
+        # event loop (one a request, measured in BENCHMARKS.md).
+        self._slots = anyio.Semaphore(self.concurrency, fast_acquire=True)
         return self
 
     async def __aexit__(
@@ -238,9 +409,9 @@ class MemoryClient:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        http, self._http = self._http, None
-        if http is not None:
-            await http.__aexit__(exc_type, exc, tb)
+        wire, self._wire = self._wire, None
+        if wire is not None:
+            await wire.close()
 
     async def lookup(self, store_id: str, id_type: str, value: str) -> Reply:
         """Profiles holding identifier ``value`` of type ``id_type`` (POST .../Profiles/Lookup)."""
@@ -255,85 +426,72 @@ class MemoryClient:
         json: Any = None,
         params: Mapping[str, str] | None = None,
         headers: Mapping[str, str] | None = None,
+        content: bytes | None = None,
     ) -> Reply:
         """Send one request, retrying 429/500/503 and transport errors; see the module docstring.
 
-        ``headers`` are added to the client's own (e.g. ``If-Match``); the Reply's header names
-        are lower-case.
+        The body is ``json`` (encoded as httpx does) or ``content``, JSON already encoded (e.g. a
+        planned unit's body, sent as stored); either goes with ``Content-Type: application/json``.
+        ``path`` is relative to the base URL. ``headers`` are added to the client's own (e.g.
+        ``If-Match``); the Reply's header names are lower-case.
 
         Raises ``AuthError`` on 401/403 and ``BackfillError`` when the request cannot be built
-        or sent at all (a bad URL, a proxy refusing); never an httpx error.
+        or sent at all (a bad URL, a body that is not JSON); never an httpx or aiohttp error.
         """
-        http, slots = self._http, self._slots
-        if http is None or slots is None:
+        wire, slots = self._wire, self._slots
+        if wire is None or slots is None:
             raise BackfillError(
                 "MemoryClient is not open; use it as `async with MemoryClient(...)`"
             )
+        if json is not None:
+            if content is not None:
+                raise BackfillError(f"cannot send {method} {path}: give json or content, not both")
+            try:
+                content = encode_json(json)
+            except (TypeError, ValueError) as exc:
+                raise BackfillError(
+                    f"cannot send {method} {path}: body is not JSON: {exc}"
+                ) from exc
+        if content is not None:
+            headers = _with_json_type(headers)
+        stats, bucket, adaptive = self.stats, self.bucket, self.adaptive
         throttled = 0
         attempt = 0
         while True:
             attempt += 1
             if attempt > 1:
-                self.stats.retries += 1
+                stats.retries += 1
             async with slots:
-                if self.bucket is not None:
-                    await self.bucket.acquire()
-                self.stats.sent += 1
-                try:
-                    response = await http.request(
-                        method, path, json=json, params=params, headers=headers
-                    )
-                except _NOT_TRANSIENT as exc:
-                    raise BackfillError(f"cannot send {method} {path}: {_describe(exc)}") from exc
-                except httpx.TransportError as exc:
-                    response = None
-                    error = _describe(exc)
-                except (httpx.HTTPError, httpx.InvalidURL) as exc:
-                    raise BackfillError(f"cannot send {method} {path}: {_describe(exc)}") from exc
-            if response is None:
-                self.stats.transport_errors += 1
-                reply = Reply(None, None, {}, attempt, None, error, throttled)
+                if bucket is not None:
+                    await bucket.acquire()
+                stats.sent += 1
+                answer = await wire.send(method, path, content, params, headers)
+            if isinstance(answer, str):
+                stats.transport_errors += 1
+                reply = Reply(None, None, {}, attempt, None, answer, throttled)
             else:
-                status = response.status_code
-                self.stats.by_status[status] += 1
+                status = answer[0]
+                stats.by_status[status] += 1
                 if status == 429:
                     throttled += 1
-                    self.stats.throttled += 1
-                    if self.adaptive is not None:
-                        self.adaptive.on_throttled()  # before the hold below, as it expects
-                elif self.adaptive is not None:
-                    self.adaptive.on_accepted()
-                reply = self._reply(response, attempt, throttled)
+                    stats.throttled += 1
+                    if adaptive is not None:
+                        adaptive.on_throttled()  # before the hold below, as it expects
+                elif adaptive is not None:
+                    adaptive.on_accepted()
+                reply = _reply(answer, attempt, throttled)
                 if status in AUTH_STATUSES:
                     raise self._auth_error(reply, method, path)
                 if status not in RETRY_STATUSES:
                     return reply
             retry_after = reply.headers.get("retry-after")
-            if reply.status == 429 and self.bucket is not None:
+            if reply.status == 429 and bucket is not None:
                 # The limit is the account's: every worker waits, not only this one.
                 pause = parse_retry_after(retry_after) or 0
-                self.bucket.hold(self.bucket.clock.now() + max(pause, self.retry.base))
+                bucket.hold(bucket.clock.now() + max(pause, self.retry.base))
             if attempt >= self.retry.max_attempts:
                 return reply
             await self._clock.sleep(self.retry.delay(attempt, retry_after, self._rng))
-
-    def _reply(self, response: httpx.Response, attempt: int, throttled: int) -> Reply:
-        body: Any = None
-        if response.content:
-            try:
-                body = response.json()
-            except ValueError:
-                body = None
-        code: int | None = None
-        message: str | None = None
-        if response.status_code >= 400 and isinstance(body, Mapping):
-            raw_code, raw_message = body.get("code"), body.get("message")
-            code = (
-                raw_code if isinstance(raw_code, int) and not isinstance(raw_code, bool) else None
-            )
-            message = raw_message if isinstance(raw_message, str) else None
-        headers = {name.lower(): value for name, value in response.headers.items()}
-        return Reply(response.status_code, body, headers, attempt, code, message, throttled)
 
     def _auth_error(self, reply: Reply, method: str, path: str) -> AuthError:
         what = (
@@ -351,3 +509,20 @@ class MemoryClient:
             f"the Memory API {what} ({detail}); check TWILIO_API_KEY and TWILIO_API_SECRET "
             "(or TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN)"
         )
+
+
+def _reply(answer: _Answer, attempt: int, throttled: int) -> Reply:
+    status, headers, content = answer
+    body: Any = None
+    if content:
+        try:
+            body = jsonlib.loads(content)
+        except ValueError:
+            body = None
+    code: int | None = None
+    message: str | None = None
+    if status >= 400 and isinstance(body, Mapping):
+        raw_code, raw_message = body.get("code"), body.get("message")
+        code = raw_code if isinstance(raw_code, int) and not isinstance(raw_code, bool) else None
+        message = raw_message if isinstance(raw_message, str) else None
+    return Reply(status, body, headers, attempt, code, message, throttled)
