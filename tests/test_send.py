@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import httpx
 import polars as pl
 import pytest
 
+from backfill import send as send_module
 from backfill.checkpoint import DONE, FAILED, IN_FLIGHT, PENDING, Result, RunDB, Unit
 from backfill.client import Credentials, MemoryClient, RetryPolicy
 from backfill.config import load_job
+from backfill.errors import BackfillError
 from backfill.send import deliver, send_unit
 
 STORE = "mem_store_01jtest0000000000000000000"
@@ -80,7 +82,7 @@ async def test_a_merged_profile_is_followed_once_to_its_canonical_id() -> None:
         NEW,
     )
     assert [r.url.path.rsplit("/", 1)[1] for r in seen] == [OLD, NEW]
-    assert json.loads(seen[1].content) == json.loads(PATCH.body)
+    assert [r.content for r in seen] == [PATCH.body.encode()] * 2  # the planned bytes, as is
     assert result.attempts == 2
 
 
@@ -122,8 +124,10 @@ async def test_a_create_unit_posts_and_keeps_the_new_id() -> None:
         assert request.url.path == f"/v1/Stores/{STORE}/Profiles"
         return httpx.Response(202, json={"id": NEW, "message": "ok"})
 
-    result, _ = await send_one(handler, unit)
+    result, seen = await send_one(handler, unit)
     assert (result.outcome, result.sent_to) == ("created", NEW)
+    assert seen[0].content == unit.body.encode()
+    assert seen[0].headers["content-type"] == "application/json"
 
 
 def plan_file(tmp_path: Path, n: int) -> Path:
@@ -185,3 +189,62 @@ async def test_stopping_drains_and_leaves_nothing_in_flight(tmp_path: Path) -> N
     assert counts[DONE] == sent
     assert counts[PENDING] == 200 - sent
     assert sent < 30
+
+
+@pytest.mark.anyio
+async def test_units_are_read_a_page_at_a_time_and_each_sent_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With pages much smaller than the plan, every unit is still claimed and sent exactly once,
+    in plan order per worker, and never more than ``concurrency`` are in flight."""
+    monkeypatch.setattr(send_module, "PAGE", 7)
+    concurrency = 3
+    db = RunDB(tmp_path / "run.sqlite")
+    db.replace_units(plan_file(tmp_path, 100))
+    watcher = RunDB(tmp_path / "run.sqlite")
+    sent: list[int] = []
+    peak = 0
+
+    async def fake_send(job: Any, client: Any, unit: Unit) -> Result:
+        nonlocal peak
+        peak = max(peak, watcher.counts()[IN_FLIGHT])
+        sent.append(unit.seq)
+        await anyio.lowlevel.checkpoint()
+        return Result(unit.seq, DONE, "updated", 202, None, None, 1, None)
+
+    await deliver(job_with(concurrency), None, db, stop=anyio.Event(), send=fake_send)  # type: ignore[arg-type]
+    assert sorted(sent) == list(range(1, 101))
+    counts = db.counts()
+    assert (counts[DONE], counts[IN_FLIGHT], counts["resent"]) == (100, 0, 0)
+    assert 1 <= peak <= concurrency
+
+
+@pytest.mark.anyio
+async def test_a_checkpoint_that_cannot_be_written_stops_delivery(tmp_path: Path) -> None:
+    """If recording a batch fails (a full disk), deliver raises that error instead of sending
+    units it could not claim; nothing is left half-written."""
+
+    class Full(RunDB):
+        calls = 0
+
+        def record(self, results: list[Result], claims: list[int]) -> None:
+            Full.calls += 1
+            if Full.calls == 3:
+                raise BackfillError("database or disk is full")
+            super().record(results, claims)
+
+    db = Full(tmp_path / "run.sqlite")
+    db.replace_units(plan_file(tmp_path, 50))
+    sent = 0
+
+    async def fake_send(job: Any, client: Any, unit: Unit) -> Result:
+        nonlocal sent
+        sent += 1
+        await anyio.sleep(0.001)
+        return Result(unit.seq, DONE, "updated", 202, None, None, 1, None)
+
+    with pytest.raises(BaseExceptionGroup) as caught:
+        await deliver(job_with(2), None, db, stop=anyio.Event(), send=fake_send)  # type: ignore[arg-type]
+    assert caught.group_contains(BackfillError, match="disk is full")
+    counts = db.counts()
+    assert counts[IN_FLIGHT] + counts[DONE] == sent <= 4
