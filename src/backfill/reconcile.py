@@ -1,0 +1,483 @@
+"""``backfill reconcile``: what Memory holds, compared trait by trait with what the plan sends.
+
+``reconcile(job_path, fix=..., settle=..., quiet=...)`` is the stage's one entry. Under the job's
+lock it plans the job (no writes; see ``_plan_aside``), derives per profile and trait the value
+the plan sends and the source row that supplied it, fetches every target profile
+(``GET .../Profiles/{id}?traitGroups=...``, ``send.concurrency`` at a time under the job's token
+bucket, following one merge redirect) and compares them (all in ``compare``). In
+``<output>/reconcile/``:
+
+- ``reconcile.csv``: one line per trait that differs (``differs``) or is absent from Memory
+  (``missing_in_memory``): profile_id, group, trait, expected, actual, file, row, kind;
+- ``profiles.csv``: every profile not found, not fetchable, differing, or merged into another;
+- ``reconcile.json`` and ``reconcile.md``: the counts, per trait group.
+
+Reads lag writes on the real service (writes are accepted asynchronously, shared/memory-api.md):
+with ``settle``, each profile that did not match is fetched again at least ``settle`` seconds
+after it was first seen, and only what persists is reported. ``fix`` sends exactly the
+differing traits through ``run``'s delivery path (``pipeline.deliver_planned``) and does not
+check them again: that is the next reconcile's job.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import polars as pl
+
+from backfill.checkpoint import RunDB, RunLock
+from backfill.compare import (
+    DIFFERS,
+    FETCH_FAILED,
+    MATCHES,
+    MISSING,
+    NOT_FOUND,
+    Checked,
+    check_all,
+    expected_frame,
+    file_column,
+    row_column,
+    same_value,
+    write_expected,
+)
+from backfill.config import Job, load_job
+from backfill.errors import ConfigError
+from backfill.files import private_dir, private_file
+from backfill.pipeline import (
+    EXIT_INTERRUPTED,
+    ROWS_FILE,
+    VALUES_FILE,
+    PlanResult,
+    build_plan,
+    check_schema,
+    deliver_planned,
+)
+from backfill.plan import (  # the private helpers: a fix body is encoded exactly as a plan's
+    HASH_SCHEME,
+    _body,
+    _content_hash,
+    _encode,
+    _fragment_column,
+    chunk_traits,
+)
+from backfill.report import write_private
+from backfill.resolve import NEW, TARGET
+from backfill.source import FILE, ROW
+
+__all__ = ["ReconcileResult", "expected_frame", "format_reconcile", "reconcile", "same_value"]
+
+REJECT_COLUMNS: Final = ("file", "row", "identifiers", "outcome", "reason")  # report.write_rejects
+PLAN_FILES: Final = ("plan.parquet", ROWS_FILE, VALUES_FILE, "rejects.csv", "plan.json")
+REPORTS: Final = {  # summary["files"] key -> name in <output>/reconcile/
+    "differences": "reconcile.csv",
+    "profiles": "profiles.csv",
+    "summary": "reconcile.json",
+    "report": "reconcile.md",
+}
+NOT_RESOLVED: Final = ("unresolved", "ambiguous", "conflict")  # rejects.csv outcomes
+
+
+@dataclass(frozen=True)
+class ReconcileResult:
+    job: Job
+    summary: dict[str, Any]  # reconcile.json
+    text: str  # reconcile.md
+    exit_code: int  # 0: Memory matches the plan; 1: it does not, or some rows could not be checked
+
+
+# ----------------------------------------------------------------------------- plan aside
+
+MANIFEST: Final = "manifest.json"
+
+
+def _run_plan(out: Path) -> Any:
+    """The plan a ``run`` checkpointed in ``out`` (its summary), or None."""
+    if not (out / "run.sqlite").exists():
+        return None
+    with RunDB(out / "run.sqlite") as db:
+        return db.meta("plan")
+
+
+def _plan_aside(job: Job, rec: Path, quiet: bool) -> tuple[Path, PlanResult]:
+    """build_plan, without disturbing the run whose files share the output folder.
+
+    build_plan writes plan.parquet, rows.parquet, rejects.csv and plan.json into the output
+    folder, where a run's report reads its own (errors.csv is rebuilt from them on every resume
+    and retry). Planning into another folder is not an option: the plan must share the run's
+    lookup cache (run.sqlite: the same answers resolve rows to the same profiles) and, with
+    ``base_url = "emulator"``, its emulator state. So the run's files are moved aside, the job
+    planned, the new files moved to ``reconcile/plan/`` and the run's put back. A reconcile
+    killed in between leaves them in ``reconcile/.saved/``; the next one puts them back first,
+    unless a run has planned afresh since (then its files are the current ones).
+    """
+    out = job.output_dir
+    saved, folder = rec / ".saved", rec / "plan"
+    _put_back(out, saved)
+    shutil.rmtree(folder, ignore_errors=True)
+    private_dir(folder)
+    private_dir(saved)
+    present = [name for name in PLAN_FILES if (out / name).exists()]
+    write_private(saved / MANIFEST, json.dumps({"files": present, "run": _run_plan(out)}))
+    for name in present:
+        os.replace(out / name, saved / name)
+    try:
+        result = build_plan(job, quiet=quiet, keep_rows=True, keep_values=True)
+        for name in PLAN_FILES:
+            if (out / name).exists():
+                os.replace(out / name, folder / name)
+    finally:
+        _put_back(out, saved)
+    return folder, result
+
+
+def _put_back(out: Path, saved: Path) -> None:
+    """Return the files ``_plan_aside`` moved to ``saved`` (see there)."""
+    manifest = saved / MANIFEST
+    if manifest.exists():
+        moved = json.loads(manifest.read_text(encoding="utf-8"))
+        if moved["run"] == _run_plan(out):  # no run has planned since they were moved
+            for name in PLAN_FILES:
+                if (saved / name).exists():
+                    os.replace(saved / name, out / name)
+                elif name not in moved["files"]:  # a half-written file of ours
+                    (out / name).unlink(missing_ok=True)
+    shutil.rmtree(saved, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------------ fix
+
+
+def _merged_together(profiles: Path, parts: list[Path]) -> pl.DataFrame:
+    """Planned targets that are now one Memory profile: merged into another planned target, or
+    into the same profile as another. The plan sends each its own values, so they compete (the
+    run's last write won); --fix leaves them alone, or reconcile --fix would never settle."""
+    merged = pl.scan_csv(profiles, infer_schema=False).filter(
+        pl.col("canonical_profile_id").is_not_null()
+    )
+    planned = pl.scan_parquet(parts).select(pl.col(TARGET))
+    owners = pl.concat(
+        [
+            merged.select(pl.col("profile_id").alias(TARGET), pl.col("canonical_profile_id")),
+            planned.join(merged.select(pl.col("profile_id").alias(TARGET)), on=TARGET, how="anti")
+            .select(pl.col(TARGET), pl.col(TARGET).alias("canonical_profile_id")),
+        ]
+    )  # fmt: skip
+    shared = owners.group_by("canonical_profile_id").agg(pl.len()).filter(pl.col("len") > 1)
+    return owners.join(shared, on="canonical_profile_id", how="semi").select(TARGET).collect()
+
+
+def _fix(
+    job: Job, rec: Path, plan_folder: Path, parts: list[Path], findings: Path,
+    leave: pl.DataFrame, sources: list[str], quiet: bool,
+) -> dict[str, Any]:  # fmt: skip
+    """Send exactly the traits of ``findings`` (differing and missing ones) through run's
+    delivery path; what it did, for reconcile.json (``units`` None: nothing to send)."""
+    wanted = (
+        pl.scan_csv(findings, infer_schema=False)
+        .select(pl.col("profile_id").alias(TARGET), pl.col("j").cast(pl.Int64))
+        .join(leave.lazy(), on=TARGET, how="anti")
+        .group_by(TARGET)
+        .agg(pl.col("j").alias("__fix"))
+    )
+    fixing = pl.scan_parquet(parts).join(wanted, on=TARGET, how="inner")
+    n = len(job.traits)
+    flags = {j: pl.col("__fix").list.contains(j) for j in range(n)}
+    suppliers = pl.concat(
+        fixing.filter(flags[j]).select(
+            pl.col(TARGET), pl.col(file_column(j)).alias(FILE), pl.col(row_column(j)).alias(ROW)
+        )
+        for j in range(n)
+    ).unique()
+    rows = (
+        pl.scan_parquet(plan_folder / ROWS_FILE)
+        .join(suppliers, on=[FILE, ROW, TARGET], how="semi")
+        .collect()
+    )
+    folder = rec / "fix"
+    shutil.rmtree(folder, ignore_errors=True)  # the last fix's files would read as this one's
+    if rows.is_empty():
+        return {"exit_code": 0, "profiles": 0, "rows": 0, "units": None, "requests": None,
+                "remaps": 0, "files": None}  # fmt: skip
+    private_dir(folder)
+    rows.write_parquet(private_file(folder / ROWS_FILE))
+    per_target = rows.group_by(TARGET).agg(pl.len().cast(pl.UInt32).alias("rows")).lazy()
+    # The bodies as plan.py encodes them, from fragments of only the traits to fix (a null
+    # expected value encodes as null: the trait is deleted).
+    encoded = fixing.with_columns(
+        pl.when(flags[j]).then(_encode(job, j)).alias(_fragment_column(j)) for j in range(n)
+    )
+    chunks = chunk_traits([(t.group, t.trait) for t in job.traits])
+    units = (
+        pl.concat(
+            encoded.select(
+                pl.col(TARGET), pl.lit(c, pl.UInt16).alias("chunk"), _body(job, chunk).alias("body")
+            ).filter(pl.col("body").is_not_null())
+            for c, chunk in enumerate(chunks)
+        )
+        .join(per_target, on=TARGET, how="left")
+        .select(
+            pl.concat_str(TARGET, pl.lit("#"), pl.col("chunk").cast(pl.String)).alias("key"),
+            pl.col(TARGET).alias("profile_id"),
+            pl.lit("patch").alias("action"),
+            pl.col("chunk"),
+            pl.col("body"),
+            _content_hash(pl.col("body")).alias("hash"),
+            pl.col("rows").fill_null(0),
+        )
+        .sort("key")
+        .collect()
+    )
+    units.write_parquet(private_file(folder / "plan.parquet"))
+    pl.DataFrame(schema=dict.fromkeys(REJECT_COLUMNS, pl.String)).write_csv(
+        private_file(folder / "rejects.csv")
+    )
+    meta = {
+        "made_by": "reconcile --fix",
+        "rows": rows.height,
+        "profiles": units.get_column("profile_id").n_unique(),
+        "requests": units.height,
+        "hash_scheme": HASH_SCHEME,
+    }
+    check_schema(job)  # as run and retry do: the store must still accept these traits
+    result = deliver_planned(job, folder, plan_meta=meta, sources=sources, quiet=quiet)
+    s = result.summary
+    return {
+        "exit_code": result.exit_code,
+        "profiles": meta["profiles"],
+        "rows": meta["rows"],
+        "units": s["units"],
+        "requests": s["requests"],
+        "remaps": s["remaps"],
+        "files": s["files"],
+    }
+
+
+# --------------------------------------------------------------------------------- reports
+
+
+def _write_findings(checked: Checked, differences: Path, profiles: Path) -> None:
+    """reconcile.csv (sorted by profile, then the job's trait order) and profiles.csv."""
+    private_file(differences)
+    (
+        pl.scan_csv(checked.traits_path, infer_schema=False)
+        .with_columns(pl.col("j").cast(pl.Int64))
+        .sort("profile_id", "j")
+        .drop("j")
+        .sink_csv(differences)
+    )
+    private_file(profiles)
+    parts = [
+        pl.scan_csv(path, infer_schema=False).filter(
+            (pl.col("outcome") == MATCHES) if only_matching else pl.lit(True)
+        )
+        for path, only_matching in checked.profile_paths
+    ]
+    pl.concat(parts).sort("profile_id").sink_csv(profiles)
+
+
+def _write_reports(summary: dict[str, Any], files: dict[str, Path]) -> str:
+    """reconcile.json and reconcile.md; returns the latter's text."""
+    text = format_reconcile(summary)
+    write_private(files["summary"], json.dumps(summary, indent=2) + "\n")
+    write_private(files["report"], text)
+    return text
+
+
+def _rejected_rows(plan_folder: Path) -> dict[str, int]:
+    """Source rows in the plan's rejects.csv, per outcome (a row counts once per outcome)."""
+    rejects = pl.scan_csv(plan_folder / "rejects.csv", infer_schema=False)
+    frame = rejects.group_by("outcome").agg(pl.struct("file", "row").n_unique()).collect()
+    return {outcome: int(n) for outcome, n in frame.rows()}
+
+
+def _summary(
+    job: Job, plan: PlanResult, checked: Checked, rejected: dict[str, int], to_create: int,
+    merged_together: int, settle: float, files: dict[str, str], seconds: float,
+) -> dict[str, Any]:  # fmt: skip
+    """reconcile.json; ``exit_code`` is 1 when anything differs or could not be checked."""
+    p, t = checked.tally.profiles, checked.tally.traits
+    kinds = {"matching": MATCHES, "differing": DIFFERS, "missing_in_memory": MISSING}
+    groups = {
+        g: {"checked": sum(t[(g, k)] for k in kinds.values())}
+        | {name: t[(g, k)] for name, k in kinds.items()}
+        for g in dict.fromkeys(m.group for m in job.traits)
+    }
+    profiles = {
+        "checked": sum(p[k] for k in (MATCHES, DIFFERS, NOT_FOUND, FETCH_FAILED)),
+        "matching": p[MATCHES],
+        "differing": p[DIFFERS],
+        "profile_not_found": p[NOT_FOUND],
+        "fetch_failed": p[FETCH_FAILED],
+        "remapped": p["remapped"],
+        "to_create": to_create,
+        "merged_together": merged_together,
+    }
+    rows = {
+        "read": plan.summary.rows,
+        "not_resolved": sum(rejected.get(k, 0) for k in NOT_RESOLVED),
+        "invalid": rejected.get("invalid_row", 0),
+        "rejected_by_outcome": rejected,
+    }
+    unchecked = ("differing", "profile_not_found", "fetch_failed", "to_create")
+    failing = any(profiles[k] for k in unchecked) or rows["not_resolved"] or rows["invalid"]
+    return {
+        "job": str(job.path),
+        "exit_code": 1 if failing else 0,
+        "seconds": round(seconds, 3),
+        "profiles": profiles,
+        "traits": {
+            "checked": sum(g["checked"] for g in groups.values()),
+            **{name: sum(g[name] for g in groups.values()) for name in kinds},
+        },
+        "groups": groups,
+        "rows": rows,
+        "settle": {
+            "seconds": settle,
+            "rechecked": checked.rechecked,
+            "settled": checked.settled,
+            "waited": checked.waited,
+        },
+        "requests": {
+            "sent": checked.stats.sent,
+            "retries": checked.stats.retries,
+            "throttled": checked.stats.throttled,
+            "transport_errors": checked.stats.transport_errors,
+            "by_status": {str(k): v for k, v in sorted(checked.stats.by_status.items())},
+        },
+        "fix": None,
+        "files": files,
+    }
+
+
+def _count(n: int, one: str, many: str) -> str:
+    return f"{n:,} {one if n == 1 else many}"
+
+
+def format_reconcile(summary: dict[str, Any]) -> str:
+    """reconcile.md, and what ``backfill reconcile`` prints."""
+    p, t, r, s = summary["profiles"], summary["traits"], summary["rows"], summary["settle"]
+    q, files = summary["requests"], summary["files"]
+    n = "{:,}".format
+    problems = [
+        (p["differing"], _count(p["differing"], "profile differs", "profiles differ")),
+        (p["profile_not_found"], _count(p["profile_not_found"], "profile was", "profiles were")
+         + " not found"),
+        (p["fetch_failed"], _count(p["fetch_failed"], "profile", "profiles")
+         + " could not be fetched"),
+        (p["to_create"], _count(p["to_create"], "planned create", "planned creates")
+         + " cannot be checked"),
+        (r["not_resolved"], _count(r["not_resolved"], "source row resolves", "source rows resolve")
+         + " to no profile"),
+        (r["invalid"], _count(r["invalid"], "source row has", "source rows have")
+         + " unusable cells"),
+    ]  # fmt: skip
+    if summary["exit_code"] == 0:
+        verdict = f"Memory matches the plan: {_count(p['checked'], 'profile', 'profiles')} checked."
+    else:
+        found = "; ".join(text for count, text in problems if count)
+        verdict = f"{found[0].upper()}{found[1:]}. Differences: {files['differences']}."
+    lines = [
+        f"# backfill reconcile: {summary['job']}",
+        "",
+        verdict,
+        "",
+        "| | |",
+        "|---|---:|",
+        f"| profiles checked | {n(p['checked'])} |",
+        f"| matching | {n(p['matching'])} |",
+        f"| differing | {n(p['differing'])} |",
+        f"| profile not found | {n(p['profile_not_found'])} |",
+        f"| could not be fetched | {n(p['fetch_failed'])} |",
+        f"| merged profiles followed | {n(p['remapped'])} |",
+        f"| planned creates (not checked) | {n(p['to_create'])} |",
+        f"| planned profiles merged into one (never fixed) | {n(p['merged_together'])} |",
+        f"| traits checked | {n(t['checked'])} |",
+        f"| traits differing | {n(t['differing'])} |",
+        f"| traits missing in Memory | {n(t['missing_in_memory'])} |",
+        f"| source rows resolving to no profile | {n(r['not_resolved'])} |",
+        f"| source rows with unusable cells | {n(r['invalid'])} |",
+    ]
+    if s["seconds"]:
+        lines.append(f"| re-checked after {s['seconds']:g} s | {n(s['rechecked'])} "
+                     f"({n(s['settled'])} settled, waited {s['waited']:.1f} s) |")  # fmt: skip
+    lines += [
+        f"| HTTP requests | {n(q['sent'])} ({n(q['retries'])} retries, "
+        f"{n(q['throttled'])} answered 429) |",
+        f"| time | {summary['seconds']:.1f} s |",
+        "",
+        "| trait group | checked | matching | differing | missing in Memory |",
+        "|---|---:|---:|---:|---:|",
+        *(
+            f"| {g} | {n(c['checked'])} | {n(c['matching'])} | {n(c['differing'])} "
+            f"| {n(c['missing_in_memory'])} |"
+            for g, c in summary["groups"].items()
+        ),
+    ]
+    fix = summary["fix"]
+    if fix is not None and fix["units"] is None:
+        why = " (profiles merged into one are never fixed)" if p["merged_together"] else ""
+        lines += ["", f"Fix: nothing to send{why}."]
+    elif fix is not None:
+        u = fix["units"]
+        lines += [
+            "",
+            f"Fix: {_count(u['total'], 'request', 'requests')} for "
+            f"{_count(fix['profiles'], 'profile', 'profiles')}: {n(u['updated'])} accepted, "
+            f"{n(u['profile_not_found'])} profile not found, {n(u['failed'])} failed "
+            f"(see {fix['files']['report']}). Run reconcile again to verify that they landed.",
+        ]
+    lines += ["", f"Files: {', '.join(files.values())}."]
+    return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------------- entry
+
+
+def reconcile(
+    job_path: Path | str, *, fix: bool = False, settle: float = 0.0, quiet: bool = False
+) -> ReconcileResult:
+    """``backfill reconcile``: compare Memory with the job's plan (see the module docstring)."""
+    if not 0 <= settle < float("inf"):
+        raise ConfigError(f"--settle must be a number of seconds, at least 0 (got {settle})")
+    started = time.monotonic()
+    job = load_job(job_path)
+    out = private_dir(job.output_dir)
+    with RunLock(out):
+        rec = private_dir(out / "reconcile")
+        files = {key: rec / name for key, name in REPORTS.items()}
+        for path in files.values():  # a reconcile that fails leaves no report to mistake
+            path.unlink(missing_ok=True)
+        plan_folder, plan = _plan_aside(job, rec, quiet)
+        parts = write_expected(job, plan_folder)
+        profiles, to_create = (
+            pl.scan_parquet(parts)
+            .select(pl.len(), pl.col(TARGET).str.starts_with(NEW).sum())
+            .collect()
+            .row(0)
+        )
+        names = dict(enumerate(plan.sources))
+        checked = check_all(job, parts, names, rec, profiles - to_create, settle, quiet)
+        _write_findings(checked, files["differences"], files["profiles"])
+        rejected = _rejected_rows(plan_folder)
+        paths = {key: str(path) for key, path in files.items()}
+        seconds = time.monotonic() - started
+        together = _merged_together(files["profiles"], parts)
+        summary = _summary(job, plan, checked, rejected, to_create, together.height, settle,
+                           paths, seconds)  # fmt: skip
+        _write_reports(summary, files)
+        if fix:  # the report above stands if the fix fails; it is rewritten with the fix's
+            summary["fix"] = _fix(job, rec, plan_folder, parts, checked.traits_path,
+                                  together, plan.sources, quiet)  # fmt: skip
+            if summary["fix"]["exit_code"] == EXIT_INTERRUPTED:
+                summary["exit_code"] = EXIT_INTERRUPTED
+            summary["seconds"] = round(time.monotonic() - started, 3)
+        for scratch in (".pass1", ".pass2"):
+            shutil.rmtree(rec / scratch, ignore_errors=True)
+        text = _write_reports(summary, files)
+        return ReconcileResult(job, summary, text, summary["exit_code"])
