@@ -50,3 +50,19 @@ def test_bad_seed_is_exit_2_naming_the_file(
     err = capsys.readouterr().err
     assert err.startswith("backfill: error: seed file ")
     assert str(seed) in err
+
+
+@pytest.mark.parametrize("settle", ["nan", "-1", "inf", "soon"])
+def test_reconcile_settle_must_be_seconds(settle: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """A bad --settle is a usage error (exit 2) before the job file is even read."""
+    with pytest.raises(SystemExit) as done:
+        main(["reconcile", "no-such-job.toml", "--settle", settle])
+    assert done.value.code == 2
+    assert "--settle" in capsys.readouterr().err
+
+
+def test_each_job_command_names_a_missing_job_file(capsys: pytest.CaptureFixture[str]) -> None:
+    """Every command that reads a job fails with exit 2 naming the file it could not read."""
+    for command in ("run", "plan", "schema", "reconcile", "retry", "status"):
+        assert main([command, "no-such-job.toml"]) == 2, command
+        assert "no-such-job.toml" in capsys.readouterr().err, command

@@ -28,6 +28,10 @@ def _rate(value: str) -> float:
     return _bounded(float, value, 0.0, None, inclusive_low=False)
 
 
+def _seconds(value: str) -> float:
+    return _bounded(float, value, 0.0, 86_400.0)
+
+
 def _share(value: str) -> float:
     return _bounded(float, value, 0.0, 1.0)
 
@@ -44,6 +48,8 @@ def _bounded(
         number = kind(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
+    if number != number:  # NaN compares false with everything
+        raise argparse.ArgumentTypeError(f"not a number: {value!r}")
     if number < lo or (number == lo and not inclusive_low) or (hi is not None and number > hi):
         span = f"between {lo:g} and {hi:g}" if hi is not None else f"above {lo:g}"
         raise argparse.ArgumentTypeError(f"must be {span}, got {value}")
@@ -124,6 +130,21 @@ def build_parser() -> argparse.ArgumentParser:
                         "traits, and wait for the store to finish")  # fmt: skip
     schema.add_argument("--prune", action="store_true", help="with --apply: also delete traits "
                         "of the job's groups that the job does not map")  # fmt: skip
+
+    reconcile = _job_command(
+        commands,
+        "reconcile",
+        "compare what Memory holds with what the job would send; --fix sends the difference",
+        "Plan the job (no writes), fetch every target profile's traits of the job's groups "
+        "under the job's rate limit, and compare them trait by trait, normalization-aware. "
+        "Writes reconcile.csv, profiles.csv, reconcile.json and reconcile.md to "
+        "<output>/reconcile/; exit 0 when everything matches, 1 otherwise.",
+    )
+    reconcile.add_argument("--fix", action="store_true", help="send exactly the differing and "
+                           "missing traits, through run's delivery path")  # fmt: skip
+    reconcile.add_argument("--settle", type=_seconds, default=0.0, metavar="SECONDS",
+                           help="re-check profiles that differ this long after first seeing "
+                           "them; report only what persists (reads lag writes)")  # fmt: skip
 
     _job_command(
         commands,
@@ -222,6 +243,14 @@ def _run_schema(args: argparse.Namespace) -> int:
     return result.exit_code
 
 
+def _run_reconcile(args: argparse.Namespace) -> int:
+    from backfill.reconcile import reconcile
+
+    result = reconcile(args.job, fix=args.fix, settle=args.settle, quiet=args.quiet)
+    print(result.text, end="")
+    return result.exit_code
+
+
 def _run_status(args: argparse.Namespace) -> int:
     from backfill.pipeline import status
 
@@ -246,6 +275,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run_status(args)
         if args.command == "schema":
             return _run_schema(args)
+        if args.command == "reconcile":
+            return _run_reconcile(args)
         parser.error(f"unknown command {args.command}")  # argparse exits with 2
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED

@@ -143,11 +143,14 @@ def build_plan(
     quiet: bool = False,
     keep_rows: bool = False,
     keep_values: bool = False,
+    into: Path | None = None,
 ) -> PlanResult:
     """The plan stages; ``keep_rows`` also writes rows.parquet (which rows feed which target),
     which ``run`` needs to name the source rows behind a failed request; ``keep_values`` writes
     values.parquet (each resolved row's typed trait values), from which ``reconcile`` names the
-    row behind each expected value."""
+    row behind each expected value. ``into``: write the plan's files there instead of the
+    output folder, whose run files stay untouched (the lookup cache and the embedded
+    emulator's state are still the output folder's, so rows resolve as the run's did)."""
     started = time.monotonic()
     files = source_files(job)
     check_columns(job, files)
@@ -157,7 +160,8 @@ def build_plan(
         )
     candidates = identity_map_candidates(job)
     out = private_dir(job.output_dir)
-    spill = out / ".spill"
+    folder = private_dir(into) if into is not None else out
+    spill = folder / ".spill"
     shutil.rmtree(spill, ignore_errors=True)
     private_dir(spill)
     try:
@@ -180,7 +184,7 @@ def build_plan(
             resolved_path = spill / "resolved.parquet"
             resolved.sink_parquet(resolved_path, compression=SPILL)
             resolved = pl.scan_parquet(resolved_path)
-        plan_path = out / "plan.parquet"
+        plan_path = folder / "plan.parquet"
         rows = mapped.select(pl.len()).collect().item()
         write_units(job, resolved, plan_path, rows, spill)
         plan_path.chmod(0o600)
@@ -190,8 +194,8 @@ def build_plan(
                 pl.col(ROW),
                 identifiers_text(job).alias("identifiers"),
                 pl.col(TARGET),
-            ).sink_parquet(out / ROWS_FILE)
-            (out / ROWS_FILE).chmod(0o600)
+            ).sink_parquet(folder / ROWS_FILE)
+            (folder / ROWS_FILE).chmod(0o600)
         if keep_values:
             resolved.filter(pl.col(TARGET).is_not_null()).select(
                 pl.col(FILE),
@@ -200,15 +204,15 @@ def build_plan(
                 pl.col(TARGET),
                 *(pl.col(value_column(j)) for j in range(len(job.traits))),
                 *(pl.col(present_column(j)) for j in range(len(job.traits))),
-            ).sink_parquet(out / VALUES_FILE)
-            (out / VALUES_FILE).chmod(0o600)
-        rejects_path = out / "rejects.csv"
+            ).sink_parquet(folder / VALUES_FILE)
+            (folder / VALUES_FILE).chmod(0o600)
+        rejects_path = folder / "rejects.csv"
         rejects = write_rejects(job, resolved, files, rejects_path)
         summary = _summary(job, resolved, plan_path, len(files), rejects, stats, started)
     finally:
         shutil.rmtree(spill, ignore_errors=True)
     result = PlanResult(job, summary, plan_path, rejects_path, [str(f.path) for f in files])
-    summary_path = out / "plan.json"
+    summary_path = folder / "plan.json"
     summary_path.write_text(
         json.dumps(
             {

@@ -1,7 +1,7 @@
 """``backfill reconcile``: what Memory holds, compared trait by trait with what the plan sends.
 
 ``reconcile(job_path, fix=..., settle=..., quiet=...)`` is the stage's one entry. Under the job's
-lock it plans the job (no writes; see ``_plan_aside``), derives per profile and trait the value
+lock it plans the job (no writes) into ``reconcile/plan/``, derives per profile and trait the value
 the plan sends and the source row that supplied it, fetches every target profile
 (``GET .../Profiles/{id}?traitGroups=...``, ``send.concurrency`` at a time under the job's token
 bucket, following one merge redirect) and compares them (all in ``compare``). In
@@ -22,7 +22,6 @@ check them again: that is the next reconcile's job.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ from typing import Any, Final
 
 import polars as pl
 
-from backfill.checkpoint import RunDB, RunLock
+from backfill.checkpoint import RunLock
 from backfill.compare import (
     DIFFERS,
     FETCH_FAILED,
@@ -52,7 +51,6 @@ from backfill.files import private_dir, private_file
 from backfill.pipeline import (
     EXIT_INTERRUPTED,
     ROWS_FILE,
-    VALUES_FILE,
     PlanResult,
     build_plan,
     check_schema,
@@ -73,7 +71,6 @@ from backfill.source import FILE, ROW
 __all__ = ["ReconcileResult", "expected_frame", "format_reconcile", "reconcile", "same_value"]
 
 REJECT_COLUMNS: Final = ("file", "row", "identifiers", "outcome", "reason")  # report.write_rejects
-PLAN_FILES: Final = ("plan.parquet", ROWS_FILE, VALUES_FILE, "rejects.csv", "plan.json")
 REPORTS: Final = {  # summary["files"] key -> name in <output>/reconcile/
     "differences": "reconcile.csv",
     "profiles": "profiles.csv",
@@ -89,65 +86,6 @@ class ReconcileResult:
     summary: dict[str, Any]  # reconcile.json
     text: str  # reconcile.md
     exit_code: int  # 0: Memory matches the plan; 1: it does not, or some rows could not be checked
-
-
-# ----------------------------------------------------------------------------- plan aside
-
-MANIFEST: Final = "manifest.json"
-
-
-def _run_plan(out: Path) -> Any:
-    """The plan a ``run`` checkpointed in ``out`` (its summary), or None."""
-    if not (out / "run.sqlite").exists():
-        return None
-    with RunDB(out / "run.sqlite") as db:
-        return db.meta("plan")
-
-
-def _plan_aside(job: Job, rec: Path, quiet: bool) -> tuple[Path, PlanResult]:
-    """build_plan, without disturbing the run whose files share the output folder.
-
-    build_plan writes plan.parquet, rows.parquet, rejects.csv and plan.json into the output
-    folder, where a run's report reads its own (errors.csv is rebuilt from them on every resume
-    and retry). Planning into another folder is not an option: the plan must share the run's
-    lookup cache (run.sqlite: the same answers resolve rows to the same profiles) and, with
-    ``base_url = "emulator"``, its emulator state. So the run's files are moved aside, the job
-    planned, the new files moved to ``reconcile/plan/`` and the run's put back. A reconcile
-    killed in between leaves them in ``reconcile/.saved/``; the next one puts them back first,
-    unless a run has planned afresh since (then its files are the current ones).
-    """
-    out = job.output_dir
-    saved, folder = rec / ".saved", rec / "plan"
-    _put_back(out, saved)
-    shutil.rmtree(folder, ignore_errors=True)
-    private_dir(folder)
-    private_dir(saved)
-    present = [name for name in PLAN_FILES if (out / name).exists()]
-    write_private(saved / MANIFEST, json.dumps({"files": present, "run": _run_plan(out)}))
-    for name in present:
-        os.replace(out / name, saved / name)
-    try:
-        result = build_plan(job, quiet=quiet, keep_rows=True, keep_values=True)
-        for name in PLAN_FILES:
-            if (out / name).exists():
-                os.replace(out / name, folder / name)
-    finally:
-        _put_back(out, saved)
-    return folder, result
-
-
-def _put_back(out: Path, saved: Path) -> None:
-    """Return the files ``_plan_aside`` moved to ``saved`` (see there)."""
-    manifest = saved / MANIFEST
-    if manifest.exists():
-        moved = json.loads(manifest.read_text(encoding="utf-8"))
-        if moved["run"] == _run_plan(out):  # no run has planned since they were moved
-            for name in PLAN_FILES:
-                if (saved / name).exists():
-                    os.replace(saved / name, out / name)
-                elif name not in moved["files"]:  # a half-written file of ours
-                    (out / name).unlink(missing_ok=True)
-    shutil.rmtree(saved, ignore_errors=True)
 
 
 # ------------------------------------------------------------------------------------ fix
@@ -453,7 +391,11 @@ def reconcile(
         files = {key: rec / name for key, name in REPORTS.items()}
         for path in files.values():  # a reconcile that fails leaves no report to mistake
             path.unlink(missing_ok=True)
-        plan_folder, plan = _plan_aside(job, rec, quiet)
+        # Into reconcile/plan: the run's own plan files (which a resume or retry reads again)
+        # stay as they are, while rows resolve with the run's lookup cache and emulator.
+        plan_folder = rec / "plan"
+        shutil.rmtree(plan_folder, ignore_errors=True)
+        plan = build_plan(job, quiet=quiet, keep_rows=True, keep_values=True, into=plan_folder)
         parts = write_expected(job, plan_folder)
         profiles, to_create = (
             pl.scan_parquet(parts)
