@@ -77,7 +77,9 @@ class TokenBucket:
         self._drop_burst = False
         # anyio's Lock queues waiters FIFO and drops cancelled ones, which gives both fairness
         # and cancellation safety: only the head of the queue ever sleeps for a token.
-        self._lock = anyio.Lock()
+        # fast_acquire: taking a free lock costs no trip through the event loop, which at no
+        # limit is a trip per request (BENCHMARKS.md, "Delivery").
+        self._lock = anyio.Lock(fast_acquire=True)
         self._wake: anyio.CancelScope | None = None
 
     @property
