@@ -17,20 +17,21 @@ with ``{"traits": {"Loyalty": {...}}}`` bodies and HTTP Basic auth, at each conc
 ==================  ================================================================================
 
 The async variants run ``concurrency`` tasks over one client (connection pool of that size) on
-the default asyncio loop, as ``backfill run`` does. The emulator runs pinned to one core with
-limits and faults off (``taskset -c 0``); each measurement is a fresh client process pinned to
-the other core (``taskset -c 1``) that sends a warm-up (not timed, opens the connections), then
-the measured N, and reports its wall time and its CPU time (``time.process_time``: all threads)
-over the measured part, with the emulator's CPU time and how busy both cores were over the same
-stretch (``/proc``; the machine is shared, so a core's busy time beyond our process's is someone
-else's load). Every (concurrency, variant) pair runs once per repeat, the variants
-alternated and their order rotated each repeat, so ratios are taken under the same machine
-conditions. Each measurement is checked against the server's own count (``/__emulator__/stats``,
-reset before it): every request must have been answered 202::
+the default asyncio loop, or on uvloop with ``--loop uvloop`` (as ``backfill run`` does). The
+emulator runs pinned to one core with limits and faults off (``taskset -c 0``); each measurement
+is a fresh client process pinned to the other core (``taskset -c 1``) that sends a warm-up (not
+timed, opens the connections), then the measured N, and reports its wall time and its CPU time
+(``time.process_time``: all threads) over the measured part, with the emulator's CPU time and
+how busy both cores were over the same stretch (``/proc``; the machine is shared, so a core's
+busy time beyond our process's is someone else's load). Every (concurrency, variant) pair runs
+once per repeat, the variants alternated and their order rotated each repeat, so ratios are
+taken under the same machine conditions. Each measurement is checked against the server's own
+count (``/__emulator__/stats``, reset before it): every request must have been answered 202::
 
     python bench/transport.py         # 3,000 PATCHes, concurrency 4 and 16, 3 repeats
     python bench/transport.py --requests 5000 --repeat 5 --concurrency 16
     python bench/transport.py --variants httpx,httpx-aiohttp
+    python bench/transport.py --variants aiohttp,backfill --concurrency 16 --loop uvloop
 
 bench/run_throughput.py reuses the emulator launcher and the twilio thread loop from here.
 Exits 1 if any request was not answered 202, 2 if the benchmark could not run. Results:
@@ -51,7 +52,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -334,14 +335,25 @@ def twilio_patch_all(
         return clocks.stop(statuses)
 
 
-def worker(variant: str, spec: Spec) -> Measured:
+def run_on(loop: str, main: Coroutine[Any, Any, Measured]) -> Measured:
+    """``main`` on the default asyncio loop or on uvloop (``backfill run``'s loop)."""
+    factory = None
+    if loop == "uvloop":
+        import uvloop
+
+        factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(main)
+
+
+def worker(variant: str, spec: Spec, loop: str = "asyncio") -> Measured:
     """One measurement, in this (client) process."""
     if variant in ("httpx", "httpx-aiohttp"):
-        return asyncio.run(run_httpx(spec, aiohttp=variant == "httpx-aiohttp"))
+        return run_on(loop, run_httpx(spec, aiohttp=variant == "httpx-aiohttp"))
     if variant == "aiohttp":
-        return asyncio.run(run_aiohttp(spec))
+        return run_on(loop, run_aiohttp(spec))
     if variant == "backfill":
-        return asyncio.run(run_backfill(spec))
+        return run_on(loop, run_backfill(spec))
     if variant in ("twilio", "twilio-shared"):
         jobs = [
             (profile_id(i % spec.profiles), body(i)) for i in range(spec.warmup + spec.requests)
@@ -394,6 +406,7 @@ def measure(
         "--requests", str(args.requests), "--concurrency", str(concurrency),
         "--emulator-pid", str(emulator_pid),
         "--server-cpu", str(args.server_cpu), "--client-cpu", str(args.client_cpu),
+        "--loop", args.loop,
     ]  # fmt: skip
     done = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=900)
     seen = stats(http, url)
@@ -506,6 +519,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--profiles", type=int, default=1000, help="profiles seeded (1000)")
     parser.add_argument("--server-cpu", type=int, default=0, help="core for the emulator (0)")
     parser.add_argument("--client-cpu", type=int, default=1, help="core for the clients (1)")
+    parser.add_argument(
+        "--loop",
+        choices=("asyncio", "uvloop"),
+        default="asyncio",
+        help="event loop of the async variants (asyncio; backfill run uses uvloop)",
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # internal: one measurement
     parser.add_argument("--url", help=argparse.SUPPRESS)
     parser.add_argument("--emulator-pid", type=int, help=argparse.SUPPRESS)
@@ -530,7 +549,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         spec = Spec(args.url, args.profiles, args.warmup, args.requests, args.concurrency[0],
                     args.emulator_pid, (args.server_cpu, args.client_cpu))  # fmt: skip
-        m = worker(args.worker, spec)
+        m = worker(args.worker, spec, args.loop)
         print(json.dumps({"wall": m.wall, "cpu": m.cpu, "emulator_cpu": m.emulator_cpu,
                           "core_busy": m.core_busy,
                           "statuses": dict(m.statuses)}))  # fmt: skip
