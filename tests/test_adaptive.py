@@ -255,6 +255,29 @@ def test_a_failed_probe_waits_longer_before_the_next() -> None:
     assert 20 <= first <= 26 and 40 <= second <= 46
 
 
+def test_an_early_probe_that_finds_no_room_also_doubles_the_plateau() -> None:
+    """A run opening far above the capacity probes its untrusted first estimate after 2 s; if
+    that probe only confirms it, the next probe waits 40 s, not 20 (each costs a pause)."""
+    adaptive, clock = controller(1000)
+    for _ in range(10):
+        adaptive.on_accepted()  # the server's burst, then a 429 at once: an untrusted estimate
+    adaptive.on_throttled()
+    pause(adaptive, clock)
+    clock.t += 1.0
+    assert adaptive.target == pytest.approx(98)
+    while adaptive.rate <= adaptive.target * 1.001:  # the short plateau
+        accept(adaptive, clock, 98, 0.1)
+    accept(adaptive, clock, 100, 4.0)  # the probe finds the same capacity, and a 429
+    adaptive.on_throttled()
+    assert adaptive.estimate == pytest.approx(100, rel=0.05)  # trusted: 4 s of answers
+    pause(adaptive, clock)
+    clock.t += 1.0
+    start = clock.now()
+    while adaptive.rate <= adaptive.target * 1.001:
+        accept(adaptive, clock, 100, 0.1)
+    assert 40 <= clock.now() - start <= 46
+
+
 def test_rejects_nonsense() -> None:
     """A ceiling, beta, margin or window that makes no sense is a ConfigError."""
     for options in ({"ceiling": 0}, {"ceiling": math.inf}, {"ceiling": 10, "beta": 1.0}):
