@@ -16,6 +16,9 @@ import itertools
 import json
 import math
 import random
+import shutil
+import ssl
+import subprocess
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
@@ -120,9 +123,10 @@ class ScriptServer:
     transport error closes the connection without an answer.
     """
 
-    def __init__(self, script: Script) -> None:
+    def __init__(self, script: Script, ssl_context: Any = None) -> None:
         self.script = script
         self.url = ""
+        self._ssl = ssl_context
         self._runner: Any = None
 
     async def __aenter__(self) -> ScriptServer:
@@ -132,9 +136,10 @@ class ScriptServer:
         app.router.add_route("*", "/{tail:.*}", self._handle)
         self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=self._ssl)
         await site.start()
-        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
+        scheme = "https" if self._ssl is not None else "http"
+        self.url = f"{scheme}://127.0.0.1:{self._runner.addresses[0][1]}"
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -522,6 +527,42 @@ async def test_aiohttp_errors_of_our_own_are_translated_not_retried(
     assert isinstance(caught.value.__cause__, ValueError | aiohttp.ClientError)
     assert not isinstance(caught.value, aiohttp.ClientError)
     assert (script.requests, client.stats.sent, client.stats.retries) == ([], 1, 0)
+
+
+@pytest.fixture
+def self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 and its key, made with the openssl command."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("needs the openssl command to make a self-signed certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(  # noqa: S603 - our own fixed command line
+        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+@pytest.mark.anyio
+async def test_aiohttp_wire_verifies_certificates(self_signed: tuple[Path, Path]) -> None:
+    """Over https the aiohttp wire checks the server's certificate: a self-signed one is a
+    transport error (retried, then status None), never an answer."""
+    cert, key = self_signed
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    script = Script(OK)
+    retry = RetryPolicy(max_attempts=2, base=0.01, cap=0.01)
+    async with (
+        ScriptServer(script, context) as server,
+        MemoryClient(server.url, CREDS, retry=retry) as client,
+    ):
+        assert server.url.startswith("https://")
+        reply = await client.lookup(STORE, "email", "ada@example.com")
+    assert (reply.status, reply.attempts, client.stats.transport_errors) == (None, 2, 2)
+    assert reply.message is not None and "Certificate" in reply.message
+    assert script.requests == []
 
 
 def _aiohttp_errors() -> list[type[BaseException]]:
