@@ -27,7 +27,7 @@ from typing import Any
 import httpx
 import pytest
 
-from backfill import pipeline
+from backfill import schema
 from backfill.cli import main
 from backfill.emulator import EmulatorConfig, EmulatorServer
 from backfill.pipeline import plan as plan_job
@@ -543,12 +543,29 @@ def test_reading_the_checkpoint_during_a_run_keeps_it_durable(
     assert sent <= UPDATED + concurrency
 
 
-def test_a_401_stops_the_run_before_the_first_row(tmp_path: Path) -> None:
-    """Refused credentials meet the schema check, the run's first request: exit 3, no lookup
-    or PATCH sent, the token unprinted."""
+def tiers_job(tmp_path: Path, url: str, concurrency: int) -> Path:
+    """200 existing profiles by profile ID, one trait each: no lookup needed."""
+    ids = [pid for pid, p in SEEDED.items() if "mergedInto" not in p][:200]
+    data = tmp_path / "tiers.csv"
+    data.write_text("profile_id,tier\n" + "".join(f"{pid},gold\n" for pid in ids))
+    job = tmp_path / "job.toml"
+    job.write_text(
+        f'name = "tiers"\n[connection]\nbase_url = "{url}"\nstore_id = "{STORE}"\n'
+        f"[source]\npaths = [{json.dumps(str(data))}]\n"
+        '[identity]\nprofile_id_column = "profile_id"\n'
+        '[traits.Loyalty]\ntier = "tier"\n'
+        f"[send]\nconcurrency = {concurrency}\nrate = 5000\n"
+        f"[output]\ndir = {json.dumps(str(tmp_path / 'out'))}\n"
+    )
+    return job
+
+
+def test_a_401_stops_the_run_before_any_write(tmp_path: Path) -> None:
+    """Refused credentials meet the schema check, the request before the first write: exit 3,
+    no PATCH sent, the token unprinted."""
     token = "wrong-token-d0-not-print-me"
     with EmulatorServer(EmulatorConfig(seed=SEED_PATH)) as emu:
-        job = write_job(tmp_path / "job.toml", tmp_path / "out", FAST, base_url=emu.url)
+        job = tiers_job(tmp_path, emu.url, 8)
         done = subprocess.run(  # noqa: S603 - our own interpreter and module
             [sys.executable, "-m", "backfill", "run", str(job), "--quiet"],
             cwd=ROOT,
@@ -566,34 +583,20 @@ def test_a_401_stops_the_run_before_the_first_row(tmp_path: Path) -> None:
     assert done.returncode == 3, done.stderr[-600:]
 
 
-@pytest.fixture
-def no_schema_check(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Credentials refused *later* (revoked mid-run): the check is skipped so that the first
-    refused request is a lookup or a PATCH."""
-    monkeypatch.setattr(pipeline, "check_schema", lambda job: None)
-
-
-@pytest.mark.usefixtures("no_schema_check")
 def test_a_401_while_sending_stops_the_run_at_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Refused credentials stop the run after the requests in flight: exit 3, token unprinted."""
+    """Credentials revoked mid-run (played by skipping the schema check, so the first refused
+    request is a PATCH) stop the run after the requests in flight: exit 3, token unprinted."""
     concurrency, token = 8, "wrong-token-d0-not-print-me"
+
+    async def no_check(job: Any, client: Any) -> None:
+        return None
+
+    monkeypatch.setattr(schema, "check", no_check)
     monkeypatch.setenv("TWILIO_AUTH_TOKEN", token)
-    ids = [pid for pid, p in SEEDED.items() if "mergedInto" not in p][:200]
-    data = tmp_path / "tiers.csv"
-    data.write_text("profile_id,tier\n" + "".join(f"{pid},gold\n" for pid in ids))
     with EmulatorServer(EmulatorConfig(seed=SEED_PATH)) as emu:
-        job = tmp_path / "job.toml"
-        job.write_text(
-            f'name = "tiers"\n[connection]\nbase_url = "{emu.url}"\nstore_id = "{STORE}"\n'
-            f"[source]\npaths = [{json.dumps(str(data))}]\n"
-            '[identity]\nprofile_id_column = "profile_id"\n'
-            '[traits.Loyalty]\ntier = "tier"\n'
-            f"[send]\nconcurrency = {concurrency}\nrate = 5000\n"
-            f"[output]\ndir = {json.dumps(str(tmp_path / 'out'))}\n"
-        )
-        code = main(["run", str(job), "--quiet"])
+        code = main(["run", str(tiers_job(tmp_path, emu.url, concurrency)), "--quiet"])
         stats = emu.stats()
     printed = capsys.readouterr()
     assert set(stats["byOperation"]) == {"profiles.patch"}  # no lookup was needed
@@ -604,21 +607,25 @@ def test_a_401_while_sending_stops_the_run_at_once(
     assert code == 3, printed.err[-600:]
 
 
-@pytest.mark.usefixtures("no_schema_check")
-def test_a_401_while_looking_up_stops_the_run_too(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_a_401_while_looking_up_stops_the_run_too(tmp_path: Path) -> None:
     """Refused credentials during the plan's lookups: exit 3 too, and no PATCH is sent."""
-    monkeypatch.setenv("TWILIO_AUTH_TOKEN", "wrong-token")
     with EmulatorServer(EmulatorConfig(seed=SEED_PATH)) as emu:
         job = write_job(tmp_path / "job.toml", tmp_path / "out", FAST, base_url=emu.url)
-        code = main(["run", str(job), "--quiet"])
+        done = subprocess.run(  # noqa: S603 - our own interpreter and module
+            [sys.executable, "-m", "backfill", "run", str(job), "--quiet"],
+            cwd=ROOT,
+            env=credentials("wrong-token"),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
         stats = emu.stats()
     assert set(stats["byOperation"]) == {"profiles.lookup"}
     assert set(stats["byOperation"]["profiles.lookup"]) == {"401"}
     assert stats["byOperation"]["profiles.lookup"]["401"] <= 8  # the job's concurrency
-    assert "401" in capsys.readouterr().err
-    assert code == 3
+    assert "401" in done.stderr
+    assert done.returncode == 3, done.stderr[-600:]
 
 
 def test_ctrl_c_drains_and_the_next_run_resends_nothing(

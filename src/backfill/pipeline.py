@@ -63,7 +63,7 @@ from backfill.resolve import (
 from backfill.source import FILE, ROW, SourceFile, check_columns, read_batches, source_files
 
 if TYPE_CHECKING:
-    from backfill.client import ClientStats
+    from backfill.client import ClientStats, MemoryClient
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_INTERRUPTED = 0, 1, 130
 # The HTTP stack (client, send, target) is imported where it is used: ~0.2 s of imports that an
@@ -356,7 +356,6 @@ def run(
                     db.forget_landed(state, store, HASH_SCHEME)
             else:  # what a killed run landed, before its checkpoint goes
                 _remember(job, db)
-            check_schema(job)
             plan_result = build_plan(job, quiet=quiet, keep_rows=True)
             db.replace_units(plan_result.plan_path)
             skipped = 0
@@ -370,23 +369,8 @@ def run(
                 incremental=_incremental_meta(job, full, skipped),
             )
         else:
-            check_schema(job)
             resumed = db.reset_in_flight()
         return _deliver_and_report(job, db, out, resumed, quiet, remember=True)
-
-
-def check_schema(job: Job) -> None:
-    """Stop before any lookup or write when the store lacks a trait group or trait the job
-    writes (``SchemaMismatch``, exit 2): the API would reject every such row one by one."""
-    from backfill.schema import check
-    from backfill.target import open_target
-
-    async def main() -> None:
-        with open_target(job) as target:
-            async with target.client(job) as client:
-                await check(job, client)
-
-    run_async(main)
 
 
 def retry(job_path: Path | str, *, not_found: bool = False, quiet: bool = False) -> RunResult:
@@ -403,7 +387,6 @@ def retry(job_path: Path | str, *, not_found: bool = False, quiet: bool = False)
         if db.meta("plan") is None:
             raise ConfigError(f"nothing to retry: the last run of {job.path} was never planned")
         outcomes = [FAILED_OUTCOME, PROFILE_NOT_FOUND] if not_found else [FAILED_OUTCOME]
-        check_schema(job)
         resumed = db.reset_in_flight()
         db.requeue_failed(outcomes)
         return _deliver_and_report(job, db, out, resumed, quiet, remember=True)
@@ -505,6 +488,8 @@ def _deliver_and_report(
 ) -> RunResult:
     """Deliver the checkpoint's pending units and write the reports. ``remember``: copy what
     landed into the job's incremental state (not for partial bodies such as reconcile's)."""
+    from backfill.client import ClientStats
+    from backfill.schema import check
     from backfill.send import deliver
     from backfill.target import open_target
 
@@ -514,33 +499,41 @@ def _deliver_and_report(
     progress = DeliveryProgress(todo, quiet)
     interrupted = False
 
-    async def main() -> tuple[ClientStats, float]:
+    async def send_all(client: MemoryClient) -> None:
         nonlocal interrupted
         stop = anyio.Event()
+        async with anyio.create_task_group() as tg:
+
+            async def on_signal() -> None:
+                nonlocal interrupted
+                with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                    async for _ in signals:
+                        if stop.is_set():  # a second Ctrl-C: stop now
+                            tg.cancel_scope.cancel()
+                        interrupted = True
+                        stop.set()
+                        progress.note("stopping: finishing the requests in flight")
+
+            if threading.current_thread() is threading.main_thread():
+                tg.start_soon(on_signal)
+            await deliver(job, client, db, stop=stop, on_result=progress.update)
+            tg.cancel_scope.cancel()
+
+    async def main() -> tuple[ClientStats, float]:
         with open_target(job) as target:
             client = target.client(job)
             bucket = client.bucket
             assert bucket is not None
-            async with client, anyio.create_task_group() as tg:
-
-                async def on_signal() -> None:
-                    nonlocal interrupted
-                    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                        async for _ in signals:
-                            if stop.is_set():  # a second Ctrl-C: stop now
-                                tg.cancel_scope.cancel()
-                            interrupted = True
-                            stop.set()
-                            progress.note("stopping: finishing the requests in flight")
-
-                if threading.current_thread() is threading.main_thread():
-                    tg.start_soon(on_signal)
-                await deliver(job, client, db, stop=stop, on_result=progress.update)
-                tg.cancel_scope.cancel()
+            async with client:
+                # Before the first write, and only when there is one (an incremental re-run
+                # with nothing to send sends no request at all): a store lacking a group or
+                # trait would refuse every such unit one by one; this stops with the diff.
+                await check(job, client)
+                await send_all(client)
             return client.stats, bucket.rate
 
     try:
-        stats, final_rate = run_async(main)
+        stats, final_rate = run_async(main) if todo else (ClientStats(), job.send.rate)
     finally:
         progress.close()
         if remember:  # also what an interrupted run landed

@@ -53,7 +53,6 @@ from backfill.pipeline import (
     ROWS_FILE,
     PlanResult,
     build_plan,
-    check_schema,
     deliver_planned,
 )
 from backfill.plan import (  # the private helpers: a fix body is encoded exactly as a plan's
@@ -182,7 +181,6 @@ def _fix(
         "requests": units.height,
         "hash_scheme": HASH_SCHEME,
     }
-    check_schema(job)  # as run and retry do: the store must still accept these traits
     result = deliver_planned(job, folder, plan_meta=meta, sources=sources, quiet=quiet)
     s = result.summary
     return {
