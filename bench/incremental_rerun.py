@@ -398,8 +398,8 @@ def check(run: Run, rows: int) -> list[str]:
         want(units.get("updated") == total, f"{units.get('updated')} of {total} units updated")
         want(run.server_202 == total, f"server accepted {run.server_202} PATCHes, not {total}")
         want(
-            run.server_patches == run.sent,
-            f"server saw {run.server_patches} PATCHes, the client sent {run.sent} requests",
+            run.server_requests == run.sent,
+            f"server saw {run.server_requests} requests, the client sent {run.sent}",
         )
     else:
         skipped = units.get("skipped_unchanged")
