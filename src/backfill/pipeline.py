@@ -80,7 +80,7 @@ T = TypeVar("T")
 def run_async(fn: Callable[[], Awaitable[T]]) -> T:
     """anyio.run on uvloop (where it exists), with a task group's failure turned back into the
     error that caused it. uvloop: an unthrottled run is CPU-bound on the event loop, and on
-    uvloop the client costs about a quarter less CPU a request (BENCHMARKS.md, "Delivery")."""
+    uvloop delivery costs about a tenth less CPU a unit (BENCHMARKS.md, "Delivery")."""
     try:
         return anyio.run(fn, backend_options={"use_uvloop": sys.platform != "win32"})
     except BaseExceptionGroup as group:  # one task failing fails its whole group
