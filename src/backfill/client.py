@@ -7,8 +7,9 @@ every other status is the caller's to judge.
 
 Two wires carry the bytes, behind one retry loop that does not know which it talks to:
 
-- by default raw aiohttp (``_AiohttpWire``): it costs about half the CPU per request of httpx
-  over aiohttp, which is what bounds an unthrottled run on one core (BENCHMARKS.md, "Delivery");
+- by default raw aiohttp (``_AiohttpWire``): it costs about a third of the CPU per request of
+  httpx over aiohttp, which is what bounds an unthrottled run on one core (BENCHMARKS.md,
+  "Delivery: HTTP transport");
 - with ``transport=`` an ``httpx.AsyncClient`` over that transport (``_HttpxWire``), so tests can
   inject ``httpx.MockTransport``.
 
