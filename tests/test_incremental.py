@@ -19,8 +19,10 @@ import httpx
 import polars as pl
 import pytest
 
+from backfill.checkpoint import RunLock
 from backfill.cli import main
 from backfill.emulator import EmulatorConfig, EmulatorServer
+from backfill.errors import RunLocked
 from backfill.pipeline import retry, run, status
 
 STORE = "mem_store_01jincr0000000000000000000"
@@ -319,3 +321,20 @@ def test_status_names_an_interrupted_run(emulator: EmulatorServer, tmp_path: Pat
     s = status(job).summary
     assert (s["state"], s["units"]["pending"]) == ("interrupted", 10)
     assert main(["status", str(job)]) == 0
+
+
+def test_status_and_the_lock_name_what_holds_the_folder(
+    emulator: EmulatorServer, tmp_path: Path
+) -> None:
+    """A reconcile (or schema, plan) holding the job's folder is not a running delivery:
+    status says which command holds it, and a second command's refusal names it too."""
+    extract = write_extract(tmp_path / "extract.csv", list(range(PROFILES)))
+    job = write_job(tmp_path, emulator.url, extract)
+    assert run(job, quiet=True).exit_code == 0
+    with RunLock(tmp_path / "out", "reconcile"):
+        s = status(job)
+        assert (s.summary["state"], s.summary["busy"]) == ("finished", "backfill reconcile")
+        assert f"backfill reconcile (pid {os.getpid()}) is using" in s.text
+        with pytest.raises(RunLocked, match=rf"backfill reconcile \(pid {os.getpid()}\)"):
+            run(job, quiet=True)
+    assert status(job).summary["busy"] is None

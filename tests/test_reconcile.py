@@ -378,7 +378,7 @@ def test_a_locked_job_is_not_reconciled(delivered: Path) -> None:
     """reconcile takes the job's lock: it never races a run."""
     from backfill.checkpoint import RunLock
 
-    with RunLock(out(delivered)), pytest.raises(RunLocked):
+    with RunLock(out(delivered), "run"), pytest.raises(RunLocked):
         reconcile(delivered, quiet=True)
 
 

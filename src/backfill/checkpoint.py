@@ -106,8 +106,9 @@ class RunLock:
     """An exclusive, non-blocking lock on the output folder, released when the process dies
     (flock), so a crashed run never leaves a stale lock behind for cron to trip over."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, command: str) -> None:
         self.path = folder / "run.lock"
+        self.command = command  # written next to the pid: what `backfill status` names
         self._fd: int | None = None
 
     def __enter__(self) -> RunLock:
@@ -115,14 +116,14 @@ class RunLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.read(fd, 64).decode(errors="replace").strip() or "?"
+            pid, _, command = os.read(fd, 64).decode(errors="replace").strip().partition(" ")
             os.close(fd)
+            who = f"backfill {command}" if command else "another backfill process"
             raise RunLocked(
-                f"another backfill process (pid {holder}) is using {self.path.parent}; "
-                "wait for it to finish"
+                f"{who} (pid {pid or '?'}) is using {self.path.parent}; wait for it to finish"
             ) from None
         os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
+        os.write(fd, f"{os.getpid()} {self.command}".encode())
         self._fd = fd
         return self
 
@@ -138,8 +139,8 @@ class RunLock:
             self._fd = None
 
 
-def lock_holder(folder: Path) -> int | None:
-    """The pid of a live process that holds (or held) ``folder``'s RunLock, or None.
+def lock_holder(folder: Path) -> tuple[int, str] | None:
+    """(pid, command) of a live process that holds ``folder``'s RunLock, or None.
 
     For ``backfill status`` only: it must not take the lock itself (a cron run starting at
     that instant would refuse), so it reads the pid the holder wrote and asks whether that
@@ -149,16 +150,17 @@ def lock_holder(folder: Path) -> int | None:
         text = (folder / "run.lock").read_text(encoding="ascii", errors="replace").strip()
     except OSError:
         return None
-    if not text.isdigit():
+    number, _, command = text.partition(" ")
+    if not number.isdigit():
         return None
-    pid = int(text)
+    pid = int(number)
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return None
     except PermissionError:  # alive, someone else's
-        return pid
-    return pid
+        pass
+    return pid, command or "run"
 
 
 class RunDB:

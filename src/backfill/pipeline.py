@@ -134,7 +134,7 @@ def _bar(quiet: bool, **kwargs: Any) -> tqdm[Any]:
 def plan(job_path: Path | str, *, offline: bool = False, quiet: bool = False) -> PlanResult:
     """``backfill plan``: everything up to the request units, with no trait written."""
     job = load_job(job_path)
-    with RunLock(private_dir(job.output_dir)):
+    with RunLock(private_dir(job.output_dir), "plan"):
         return build_plan(job, offline=offline, quiet=quiet)
 
 
@@ -338,7 +338,7 @@ def run(
     job = load_job(job_path)
     files = source_files(job)
     out = private_dir(job.output_dir)
-    with RunLock(out), RunDB(out / "run.sqlite") as db:
+    with RunLock(out, "run"), RunDB(out / "run.sqlite") as db:
         made_from = fingerprint(job, files)
         previous = db.meta("fingerprint")
         if previous is not None and previous != made_from and not restart:
@@ -383,7 +383,7 @@ def retry(job_path: Path | str, *, not_found: bool = False, quiet: bool = False)
     out = job.output_dir
     if not (out / "run.sqlite").is_file():
         raise ConfigError(f"nothing to retry: {job.path} has no run in {out} yet")
-    with RunLock(out), RunDB(out / "run.sqlite") as db:
+    with RunLock(out, "retry"), RunDB(out / "run.sqlite") as db:
         if db.meta("plan") is None:
             raise ConfigError(f"nothing to retry: the last run of {job.path} was never planned")
         outcomes = [FAILED_OUTCOME, PROFILE_NOT_FOUND] if not_found else [FAILED_OUTCOME]
@@ -408,11 +408,12 @@ def status(job_path: Path | str) -> StatusResult:
     if not checkpoint.is_file():
         raise ConfigError(f"{job.path} has not been run yet: no checkpoint at {checkpoint}")
     progress = read_progress(checkpoint)
-    pid = lock_holder(out)
+    holder = lock_holder(out)
+    pid, command = holder if holder is not None else (None, None)
     c = progress.counts
     total = sum(c[s] for s in (PENDING, IN_FLIGHT, DONE, FAILED))
     unfinished = c[PENDING] + c[IN_FLIGHT]
-    if pid is not None:
+    if command in ("run", "retry"):
         state = "running"
     elif progress.meta.get("plan") is None:
         state = "planning interrupted"
@@ -428,6 +429,7 @@ def status(job_path: Path | str) -> StatusResult:
         "checkpoint": str(checkpoint),
         "state": state,
         "pid": pid,
+        "busy": f"backfill {command}" if command else None,  # what holds the lock now
         "units": {
             "total": total,
             "finished": c[DONE] + c[FAILED],

@@ -384,7 +384,7 @@ def reconcile(
     started = time.monotonic()
     job = load_job(job_path)
     out = private_dir(job.output_dir)
-    with RunLock(out):
+    with RunLock(out, "reconcile"):
         rec = private_dir(out / "reconcile")
         files = {key: rec / name for key, name in REPORTS.items()}
         for path in files.values():  # a reconcile that fails leaves no report to mistake

@@ -209,6 +209,8 @@ def format_status(summary: dict[str, Any]) -> str:
         state += f" (pid {summary['pid']})"
     elif state == "finished" and summary["exit_code"] is not None:
         state += f", exit code {summary['exit_code']}"
+    if summary["busy"] and state.startswith(("finished", "interrupted")):
+        state += f"; {summary['busy']} (pid {summary['pid']}) is using the job's folder now"
     share = 100 * u["finished"] / u["total"] if u["total"] else 100.0
     lines = [
         f"{summary['job']}: {state}",

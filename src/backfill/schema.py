@@ -554,5 +554,6 @@ def schema(job_path: Path | str, *, apply: bool = False, prune: bool = False) ->
 
     # The embedded emulator keeps its state in the output folder, which a run may be using.
     embedded = job.connection.embedded
-    with RunLock(private_dir(job.output_dir)) if embedded else nullcontext(), open_target(job) as t:
+    lock = RunLock(private_dir(job.output_dir), "schema") if embedded else nullcontext()
+    with lock, open_target(job) as t:
         return run_async(lambda: main(t.client(job)))
