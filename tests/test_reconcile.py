@@ -374,6 +374,30 @@ def test_settle_must_be_seconds(delivered: Path, settle: float) -> None:
     assert not (out(delivered) / "reconcile").exists()
 
 
+def test_profiles_a_run_created_are_checked(tmp_path: Path) -> None:
+    """Once a run has created a profile, reconcile checks it: the plan still resolves its row
+    as a create (the run's cached lookup said not found), so the target is mapped to the
+    profile that create made, and everything matches."""
+    rows = [ROWS[2], ",New,new@example.com,,1,gold,no,n,N1,2025-01-01"]
+    (tmp_path / "seed.json").write_text(json.dumps(SEED))
+    config = EmulatorConfig(seed=tmp_path / "seed.json", username=SID, password=SECRET)
+    with EmulatorServer(config) as emu:
+        promoted = {"dataType": "STRING", "idTypePromotion": "email"}  # creates need one
+        httpx.patch(
+            f"{emu.url}/v1/ControlPlane/Stores/{STORE}/TraitGroups/Contact",
+            json={"traits": {"email": promoted}},
+            auth=emu.auth,
+        ).raise_for_status()
+        job = write_job(tmp_path, emu.url, rows=rows, name="creates",
+                        identity='on_unresolved = "create"\n')  # fmt: skip
+        assert run(job, quiet=True).summary["units"]["created"] == 1
+        result = reconcile(job, quiet=True)
+    profiles = result.summary["profiles"]
+    assert profiles["to_create"] == 0
+    assert profiles["checked"] == profiles["matching"] == 2
+    assert result.exit_code == 0, result.text
+
+
 def test_a_locked_job_is_not_reconciled(delivered: Path) -> None:
     """reconcile takes the job's lock: it never races a run."""
     from backfill.checkpoint import RunLock

@@ -291,6 +291,15 @@ class RunDB:
             (FAILED,),
         )
 
+    def created(self) -> dict[str, str]:
+        """The profile each ``new:...`` target's create made (``reconcile`` checks those; a
+        plan resolves them as creates again while the run's cached lookups say not found)."""
+        rows = self._db.execute(
+            "SELECT key, sent_to FROM units WHERE outcome = 'created' AND sent_to IS NOT NULL "
+            "ORDER BY seq"
+        )
+        return {key.rpartition("#")[0]: sent_to for key, sent_to in rows}
+
     def remaps(self) -> int:
         return int(
             self._db.execute(

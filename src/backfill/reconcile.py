@@ -30,7 +30,7 @@ from typing import Any, Final
 
 import polars as pl
 
-from backfill.checkpoint import RunLock
+from backfill.checkpoint import RunDB, RunLock
 from backfill.compare import (
     DIFFERS,
     FETCH_FAILED,
@@ -85,6 +85,22 @@ class ReconcileResult:
     summary: dict[str, Any]  # reconcile.json
     text: str  # reconcile.md
     exit_code: int  # 0: Memory matches the plan; 1: it does not, or some rows could not be checked
+
+
+def _target_created_profiles(out: Path, parts: list[Path]) -> None:
+    """Point ``new:...`` targets at the profiles the job's run created for them, so those are
+    checked too; targets never created stay ``new:...`` (counted as ``to_create``)."""
+    if not (out / "run.sqlite").is_file():
+        return
+    with RunDB(out / "run.sqlite") as db:
+        created = db.created()
+    if not created:
+        return
+    for part in parts:
+        frame = pl.read_parquet(part).with_columns(
+            pl.col(TARGET).replace(pl.Series(list(created)), pl.Series(list(created.values())))
+        )
+        frame.write_parquet(private_file(part))
 
 
 # ------------------------------------------------------------------------------------ fix
@@ -395,6 +411,7 @@ def reconcile(
         shutil.rmtree(plan_folder, ignore_errors=True)
         plan = build_plan(job, quiet=quiet, keep_rows=True, keep_values=True, into=plan_folder)
         parts = write_expected(job, plan_folder)
+        _target_created_profiles(out, parts)
         profiles, to_create = (
             pl.scan_parquet(parts)
             .select(pl.len(), pl.col(TARGET).str.starts_with(NEW).sum())
