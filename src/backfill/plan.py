@@ -110,8 +110,7 @@ def plan_units(job: Job, resolved: pl.LazyFrame) -> pl.LazyFrame:
     rows = (
         resolved.filter(pl.col(TARGET).is_not_null())
         .with_columns(
-            pl.when(pl.col(present_column(j))).then(_encode(job, j)).alias(_fragment_column(j))
-            for j in deletes
+            pl.when(pl.col(present_column(j))).then(encode_trait(job, j)) for j in deletes
         )
         .sort([TARGET, ORDER, FILE, ROW], nulls_last=False)
     )
@@ -125,20 +124,33 @@ def plan_units(job: Job, resolved: pl.LazyFrame) -> pl.LazyFrame:
         rows.group_by(TARGET, maintain_order=True)
         .agg(aggs)
         .with_columns(
-            pl.when(pl.col(value_column(j)).is_not_null())
-            .then(_encode(job, j))
-            .alias(_fragment_column(j))
+            pl.when(pl.col(value_column(j)).is_not_null()).then(encode_trait(job, j))
             for j in range(len(job.traits))
             if j not in deletes
         )
     )
+    return units_from_fragments(job, grouped, carry=["rows"])
+
+
+def encode_trait(job: Job, j: int) -> pl.Expr:
+    """Trait ``j``'s value column as its JSON fragment (``"trait":value``), named as
+    ``units_from_fragments`` expects; wrap it in ``when`` to leave the trait out of a body."""
+    return _encode(job, j).alias(_fragment_column(j))
+
+
+def units_from_fragments(
+    job: Job, fragments: pl.LazyFrame, carry: Sequence[str] = ()
+) -> pl.LazyFrame:
+    """Request units from one row per target holding each trait's fragment (null: not sent):
+    one body per target and chunk that sends anything, with its key, action and content hash.
+    Also what ``reconcile --fix`` uses, so a fix is encoded exactly as a plan."""
     chunks = chunk_traits([(t.group, t.trait) for t in job.traits])
     per_chunk = [
-        grouped.select(
+        fragments.select(
             pl.col(TARGET),
             pl.lit(c, pl.UInt16).alias("chunk"),
             _body(job, chunk).alias("body"),
-            pl.col("rows"),
+            *(pl.col(name) for name in carry),
         ).filter(pl.col("body").is_not_null())
         for c, chunk in enumerate(chunks)
     ]
@@ -151,7 +163,7 @@ def plan_units(job: Job, resolved: pl.LazyFrame) -> pl.LazyFrame:
         pl.col("chunk"),
         pl.col("body"),
         _content_hash(pl.col("body")).alias("hash"),
-        pl.col("rows"),
+        *(pl.col(name) for name in carry),
     )
 
 

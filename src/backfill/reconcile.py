@@ -55,14 +55,7 @@ from backfill.pipeline import (
     build_plan,
     deliver_planned,
 )
-from backfill.plan import (  # the private helpers: a fix body is encoded exactly as a plan's
-    HASH_SCHEME,
-    _body,
-    _content_hash,
-    _encode,
-    _fragment_column,
-    chunk_traits,
-)
+from backfill.plan import HASH_SCHEME, encode_trait, units_from_fragments
 from backfill.report import write_private
 from backfill.resolve import NEW, TARGET
 from backfill.source import FILE, ROW
@@ -162,27 +155,11 @@ def _fix(
     per_target = rows.group_by(TARGET).agg(pl.len().cast(pl.UInt32).alias("rows")).lazy()
     # The bodies as plan.py encodes them, from fragments of only the traits to fix (a null
     # expected value encodes as null: the trait is deleted).
-    encoded = fixing.with_columns(
-        pl.when(flags[j]).then(_encode(job, j)).alias(_fragment_column(j)) for j in range(n)
-    )
-    chunks = chunk_traits([(t.group, t.trait) for t in job.traits])
+    encoded = fixing.with_columns(pl.when(flags[j]).then(encode_trait(job, j)) for j in range(n))
     units = (
-        pl.concat(
-            encoded.select(
-                pl.col(TARGET), pl.lit(c, pl.UInt16).alias("chunk"), _body(job, chunk).alias("body")
-            ).filter(pl.col("body").is_not_null())
-            for c, chunk in enumerate(chunks)
-        )
-        .join(per_target, on=TARGET, how="left")
-        .select(
-            pl.concat_str(TARGET, pl.lit("#"), pl.col("chunk").cast(pl.String)).alias("key"),
-            pl.col(TARGET).alias("profile_id"),
-            pl.lit("patch").alias("action"),
-            pl.col("chunk"),
-            pl.col("body"),
-            _content_hash(pl.col("body")).alias("hash"),
-            pl.col("rows").fill_null(0),
-        )
+        units_from_fragments(job, encoded)
+        .join(per_target.rename({TARGET: "profile_id"}), on="profile_id", how="left")
+        .select("key", "profile_id", "action", "chunk", "body", "hash", pl.col("rows").fill_null(0))
         .sort("key")
         .collect()
     )
