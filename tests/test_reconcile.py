@@ -25,9 +25,9 @@ import pytest
 from backfill.config import load_job
 from backfill.emulator import EmulatorConfig, EmulatorServer
 from backfill.errors import ConfigError, RunLocked
+from backfill.files import EMULATOR_STATE
 from backfill.pipeline import build_plan, run
 from backfill.reconcile import expected_frame, reconcile, same_value
-from backfill.target import EMULATOR_STATE
 
 ROOT = Path(__file__).parents[1]
 STORE = "mem_store_01jrecon" + "0" * 18

@@ -30,9 +30,9 @@ import pytest
 from backfill import schema
 from backfill.cli import main
 from backfill.emulator import EmulatorConfig, EmulatorServer
+from backfill.files import EMULATOR_STATE
 from backfill.pipeline import plan as plan_job
 from backfill.pipeline import run as run_job
-from backfill.target import EMULATOR_STATE
 
 ROOT = Path(__file__).parents[1]
 SAMPLE_JOB = ROOT / "jobs" / "sample_backfill.toml"

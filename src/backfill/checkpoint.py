@@ -307,11 +307,6 @@ class RunDB:
             ).fetchone()[0]
         )
 
-    def unfinished(self) -> int:
-        """Units not yet sent or whose answer is unknown."""
-        counts = self.counts()
-        return counts[PENDING] + counts[IN_FLIGHT]
-
     def requeue_failed(self, outcomes: Iterable[str]) -> int:
         """``backfill retry``: failed units with these outcomes go back to pending."""
         with self._transaction():

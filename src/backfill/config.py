@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from backfill.errors import ConfigError
+from backfill.files import EMULATOR_STATE, RUN_FILE
 from backfill.normalize import NORMALIZATIONS
 from backfill.throttle import default_burst
 
@@ -349,7 +350,7 @@ def _incremental(r: _Reader, out_dir: Path) -> Incremental:
     if not state.endswith((".sqlite", ".db")):
         raise r.error("state", "must name a SQLite file ending in .sqlite or .db")
     path = Path(state)
-    if path.resolve() in {(out_dir / name).resolve() for name in ("run.sqlite", "emulator.sqlite")}:
+    if path.resolve() in {(out_dir / name).resolve() for name in (RUN_FILE, EMULATOR_STATE)}:
         raise r.error("state", f"{state} is one of the run's own files; name another file")
     return Incremental(path)
 

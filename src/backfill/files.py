@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Final
+
+# The output folder's SQLite files, named in one place: the run's checkpoint, and the embedded
+# emulator's store (config refuses either as an incremental state file).
+RUN_FILE: Final = "run.sqlite"
+EMULATOR_STATE: Final = "emulator.sqlite"
 
 
 def private_dir(path: Path) -> Path:

@@ -32,7 +32,7 @@ from backfill.checkpoint import (
 )
 from backfill.config import Job, load_job
 from backfill.errors import ConfigError, reported
-from backfill.files import private_dir
+from backfill.files import EMULATOR_STATE, RUN_FILE, private_dir
 from backfill.mapping import INVALID, ORDER, map_batch, present_column, value_column
 from backfill.plan import HASH_SCHEME, write_units
 from backfill.report import (
@@ -238,7 +238,7 @@ def _lookups(
     """Cached answers first; the network (and credentials) only for what is left."""
     from backfill.target import open_target
 
-    with RunDB(out / "run.sqlite") as db:
+    with RunDB(out / RUN_FILE) as db:
         known, todo = cached_candidates(job, pairs, db)
         if todo.is_empty():
             return known, LookupStats(cached=known.height)
@@ -333,12 +333,10 @@ def run(
     ``restart``. With ``[incremental]``, a new plan's units whose body already landed are not
     sent (``full`` plans afresh and sends them anyway).
     """
-    from backfill.target import EMULATOR_STATE
-
     job = load_job(job_path)
     files = source_files(job)
     out = private_dir(job.output_dir)
-    with RunLock(out, "run"), RunDB(out / "run.sqlite") as db:
+    with RunLock(out, "run"), RunDB(out / RUN_FILE) as db:
         made_from = fingerprint(job, files)
         previous = db.meta("fingerprint")
         if previous is not None and previous != made_from and not restart:
@@ -381,9 +379,9 @@ def retry(job_path: Path | str, *, not_found: bool = False, quiet: bool = False)
 
     job = load_job(job_path)
     out = job.output_dir
-    if not (out / "run.sqlite").is_file():
+    if not (out / RUN_FILE).is_file():
         raise ConfigError(f"nothing to retry: {job.path} has no run in {out} yet")
-    with RunLock(out, "retry"), RunDB(out / "run.sqlite") as db:
+    with RunLock(out, "retry"), RunDB(out / RUN_FILE) as db:
         if db.meta("plan") is None:
             raise ConfigError(f"nothing to retry: the last run of {job.path} was never planned")
         outcomes = [FAILED_OUTCOME, PROFILE_NOT_FOUND] if not_found else [FAILED_OUTCOME]
@@ -404,7 +402,7 @@ def status(job_path: Path | str) -> StatusResult:
     without taking the lock or writing anything, so it is safe beside a running ``run``."""
     job = load_job(job_path)
     out = job.output_dir
-    checkpoint = out / "run.sqlite"
+    checkpoint = out / RUN_FILE
     if not checkpoint.is_file():
         raise ConfigError(f"{job.path} has not been run yet: no checkpoint at {checkpoint}")
     progress = read_progress(checkpoint)
@@ -479,7 +477,7 @@ def deliver_planned(
     as ``build_plan(keep_rows=True)`` writes them; the checkpoint, errors.csv, summary.json and
     report.md go next to them. The caller holds the job's RunLock.
     """
-    with RunDB(folder / "run.sqlite") as db:
+    with RunDB(folder / RUN_FILE) as db:
         db.replace_units(folder / "plan.parquet")
         db.set_meta(plan=plan_meta, sources=sources, hash_scheme=HASH_SCHEME)
         return _deliver_and_report(job, db, folder, 0, quiet, remember=False)

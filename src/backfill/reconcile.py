@@ -47,7 +47,7 @@ from backfill.compare import (
 )
 from backfill.config import Job, load_job
 from backfill.errors import ConfigError
-from backfill.files import private_dir, private_file
+from backfill.files import RUN_FILE, private_dir, private_file
 from backfill.pipeline import (
     EXIT_INTERRUPTED,
     ROWS_FILE,
@@ -83,9 +83,9 @@ class ReconcileResult:
 def _target_created_profiles(out: Path, parts: list[Path]) -> None:
     """Point ``new:...`` targets at the profiles the job's run created for them, so those are
     checked too; targets never created stay ``new:...`` (counted as ``to_create``)."""
-    if not (out / "run.sqlite").is_file():
+    if not (out / RUN_FILE).is_file():
         return
-    with RunDB(out / "run.sqlite") as db:
+    with RunDB(out / RUN_FILE) as db:
         created = db.created()
     if not created:
         return

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from backfill.client import Credentials, MemoryClient, RetryPolicy
 from backfill.config import Job
+from backfill.files import EMULATOR_STATE
 from backfill.throttle import AdaptiveRate, TokenBucket
 
 
@@ -31,9 +32,6 @@ class Target:
             retry=RetryPolicy(max_attempts=send.max_attempts),
             timeout=send.timeout,
         )
-
-
-EMULATOR_STATE = "emulator.sqlite"
 
 
 @contextmanager
