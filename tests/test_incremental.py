@@ -19,7 +19,7 @@ import httpx
 import polars as pl
 import pytest
 
-from backfill.checkpoint import RunLock
+from backfill.checkpoint import RunDB, RunLock, read_progress
 from backfill.cli import main
 from backfill.emulator import EmulatorConfig, EmulatorServer
 from backfill.errors import RunLocked
@@ -338,3 +338,31 @@ def test_status_and_the_lock_name_what_holds_the_folder(
         with pytest.raises(RunLocked, match=rf"backfill reconcile \(pid {os.getpid()}\)"):
             run(job, quiet=True)
     assert status(job).summary["busy"] is None
+
+
+def test_status_rates_only_what_was_sent(tmp_path: Path) -> None:
+    """Units an incremental plan skipped all finish at once; they are no sending rate."""
+    out = tmp_path / "out"
+    out.mkdir()
+    units = pl.DataFrame(
+        {
+            "key": [f"{profile_id(i)}#0" for i in range(1010)],
+            "profile_id": [profile_id(i) for i in range(1010)],
+            "action": ["patch"] * 1010,
+            "body": ['{"traits":{}}'] * 1010,
+            "hash": ["h"] * 1010,
+            "rows": [1] * 1010,
+        }
+    )
+    units.write_parquet(tmp_path / "plan.parquet")
+    with RunDB(out / "run.sqlite") as db:
+        db.replace_units(tmp_path / "plan.parquet")
+    with sqlite3.connect(out / "run.sqlite") as raw:
+        raw.execute(  # 1,000 skipped at t=100, then 10 sent at t=101..110
+            "UPDATE units SET state = 'done', outcome = CASE WHEN seq <= 1000 THEN "
+            "'skipped_unchanged' ELSE 'updated' END, "
+            "finished_at = CASE WHEN seq <= 1000 THEN 100.0 ELSE 100.0 + seq - 1000 END"
+        )
+    progress = read_progress(out / "run.sqlite")
+    assert (progress.first_finished, progress.last_finished) == (101.0, 110.0)
+    assert progress.recent == 10

@@ -422,9 +422,9 @@ class Progress:
 
     counts: dict[str, int]
     meta: dict[str, Any]
-    first_finished: float | None  # epoch seconds
+    first_finished: float | None  # epoch seconds; units that were sent (not skipped) only
     last_finished: float | None
-    recent: int  # units finished in the minute before last_finished
+    recent: int  # units sent and finished in the minute before last_finished
 
 
 def read_progress(path: Path) -> Progress:
@@ -440,13 +440,17 @@ def read_progress(path: Path) -> Progress:
             db.execute("BEGIN")  # one read transaction: every figure from the same moment
             counts = _counts(db)
             meta = {k: json.loads(v) for k, v in db.execute("SELECT key, value FROM meta")}
+            # Sending only: skipped units all finish at the plan's end, and would read as a
+            # burst of thousands a second.
             first, last = db.execute(
-                "SELECT min(finished_at), max(finished_at) FROM units"
+                "SELECT min(finished_at), max(finished_at) FROM units WHERE outcome IS NOT ?",
+                (SKIPPED_UNCHANGED,),
             ).fetchone()
             recent = 0
             if last is not None:
                 recent = db.execute(
-                    "SELECT count(*) FROM units WHERE finished_at > ?", (last - 60.0,)
+                    "SELECT count(*) FROM units WHERE finished_at > ? AND outcome IS NOT ?",
+                    (last - 60.0, SKIPPED_UNCHANGED),
                 ).fetchone()[0]
             db.execute("ROLLBACK")
         finally:
