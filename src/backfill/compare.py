@@ -15,7 +15,7 @@ import shutil
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -159,9 +159,10 @@ def expected_frame(job: Job, values: pl.LazyFrame) -> pl.LazyFrame:
     )
 
 
-def write_expected(job: Job, folder: Path) -> list[Path]:
+def write_expected(job: Job, folder: Path, created: Mapping[str, str]) -> list[Path]:
     """expected_frame of the plan's values.parquet, in bounded memory as plan.write_units does:
-    above BUCKET_ROWS rows, one bucket of targets at a time."""
+    above BUCKET_ROWS rows, one bucket of targets at a time. ``created`` maps ``new:...``
+    targets to the profiles a run created for them."""
     values = pl.scan_parquet(folder / VALUES_FILE)
     rows = values.select(pl.len()).collect().item()
     buckets = max(1, -(-rows // BUCKET_ROWS))
@@ -169,7 +170,12 @@ def write_expected(job: Job, folder: Path) -> list[Path]:
     for b in range(buckets):
         part = folder / f"expected-{b:04d}.parquet"
         mine = values if buckets == 1 else values.filter(pl.col(TARGET).hash(seed=7) % buckets == b)
-        expected_frame(job, mine).sink_parquet(part)
+        expected = expected_frame(job, mine)
+        if created:
+            expected = expected.with_columns(
+                pl.col(TARGET).replace(pl.Series(list(created)), pl.Series(list(created.values())))
+            )
+        expected.sink_parquet(part)
         part.chmod(0o600)
         parts.append(part)
     return parts

@@ -56,20 +56,18 @@ from backfill.pipeline import (
     deliver_planned,
 )
 from backfill.plan import HASH_SCHEME, encode_trait, units_from_fragments
-from backfill.report import write_private
+from backfill.report import NOT_RESOLVED, REJECT_COLUMNS, write_private
 from backfill.resolve import NEW, TARGET
 from backfill.source import FILE, ROW
 
 __all__ = ["ReconcileResult", "expected_frame", "format_reconcile", "reconcile", "same_value"]
 
-REJECT_COLUMNS: Final = ("file", "row", "identifiers", "outcome", "reason")  # report.write_rejects
 REPORTS: Final = {  # summary["files"] key -> name in <output>/reconcile/
     "differences": "reconcile.csv",
     "profiles": "profiles.csv",
     "summary": "reconcile.json",
     "report": "reconcile.md",
 }
-NOT_RESOLVED: Final = ("unresolved", "ambiguous", "conflict")  # rejects.csv outcomes
 
 
 @dataclass(frozen=True)
@@ -80,20 +78,13 @@ class ReconcileResult:
     exit_code: int  # 0: Memory matches the plan; 1: it does not, or some rows could not be checked
 
 
-def _target_created_profiles(out: Path, parts: list[Path]) -> None:
-    """Point ``new:...`` targets at the profiles the job's run created for them, so those are
-    checked too; targets never created stay ``new:...`` (counted as ``to_create``)."""
+def _created_profiles(out: Path) -> dict[str, str]:
+    """The profile the job's run created for each ``new:...`` target, so those are checked
+    too; targets never created stay ``new:...`` (counted as ``to_create``)."""
     if not (out / RUN_FILE).is_file():
-        return
+        return {}
     with RunDB(out / RUN_FILE) as db:
-        created = db.created()
-    if not created:
-        return
-    for part in parts:
-        frame = pl.read_parquet(part).with_columns(
-            pl.col(TARGET).replace(pl.Series(list(created)), pl.Series(list(created.values())))
-        )
-        frame.write_parquet(private_file(part))
+        return db.created()
 
 
 # ------------------------------------------------------------------------------------ fix
@@ -387,8 +378,7 @@ def reconcile(
         plan_folder = rec / "plan"
         shutil.rmtree(plan_folder, ignore_errors=True)
         plan = build_plan(job, quiet=quiet, keep_rows=True, keep_values=True, into=plan_folder)
-        parts = write_expected(job, plan_folder)
-        _target_created_profiles(out, parts)
+        parts = write_expected(job, plan_folder, _created_profiles(out))
         profiles, to_create = (
             pl.scan_parquet(parts)
             .select(pl.len(), pl.col(TARGET).str.starts_with(NEW).sum())

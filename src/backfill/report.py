@@ -11,7 +11,7 @@ import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import polars as pl
 from tqdm import tqdm
@@ -37,6 +37,10 @@ def identifiers_text(job: Job) -> pl.Expr:
     return pl.concat_str(parts, separator="; ", ignore_nulls=True)
 
 
+REJECT_COLUMNS: Final = ("file", "row", "identifiers", "outcome", "reason")  # rejects.csv
+NOT_RESOLVED: Final = (UNRESOLVED, AMBIGUOUS, CONFLICT)  # its outcomes besides invalid_row
+
+
 def write_rejects(job: Job, resolved: pl.LazyFrame, files: list[SourceFile], path: Path) -> int:
     """Write rejects.csv; return its number of lines (header excluded)."""
     names = {f.index: str(f.path) for f in files}
@@ -49,10 +53,12 @@ def write_rejects(job: Job, resolved: pl.LazyFrame, files: list[SourceFile], pat
     invalid = resolved.filter(pl.col(INVALID).is_not_null()).select(
         *common, pl.lit("invalid_row").alias("outcome"), pl.col(INVALID).alias("reason")
     )
-    unsent = resolved.filter(
-        pl.col(OUTCOME).is_in([UNRESOLVED, AMBIGUOUS, CONFLICT]) & pl.col(ACTION).is_null()
-    ).select(*common, pl.col(OUTCOME).alias("outcome"), pl.col(REASON).alias("reason"))
-    frame = pl.concat([invalid, unsent]).sort([FILE, "row", "outcome"]).drop(FILE).collect()
+    unsent = resolved.filter(pl.col(OUTCOME).is_in(NOT_RESOLVED) & pl.col(ACTION).is_null()).select(
+        *common, pl.col(OUTCOME).alias("outcome"), pl.col(REASON).alias("reason")
+    )
+    frame = (
+        pl.concat([invalid, unsent]).sort([FILE, "row", "outcome"]).select(REJECT_COLUMNS).collect()
+    )
     private_file(path)
     frame.write_csv(path)
     return frame.height
