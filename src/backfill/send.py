@@ -33,12 +33,13 @@ import anyio
 from backfill.checkpoint import DONE, FAILED, Result, RunDB, Unit
 from backfill.client import MemoryClient, Reply
 from backfill.config import Job
+from backfill.mapping import PROFILE_ID_PATTERN
 
 UPDATED = "updated"
 CREATED = "created"
 PROFILE_NOT_FOUND = "profile_not_found"
 FAILED_OUTCOME = "failed"
-PROFILE_ID = re.compile(r"^mem_profile_[0-7][0-9a-z]{25}$")
+PROFILE_ID = re.compile(PROFILE_ID_PATTERN)  # the one pattern the plan checks IDs by
 PAGE = 1_000
 
 T = TypeVar("T")
