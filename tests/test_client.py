@@ -43,7 +43,7 @@ from backfill.client import (
     encode_json,
 )
 from backfill.emulator import EmulatorConfig, EmulatorServer
-from backfill.errors import AuthError, BackfillError, ConfigError
+from backfill.errors import AuthError, BackfillError, ConfigError, CredentialsMissing
 from backfill.throttle import TokenBucket
 
 SEED = Path(__file__).parent / "data" / "emulator_seed.json"
@@ -650,7 +650,7 @@ def test_credentials_from_env_prefers_api_keys(
 
 def test_credentials_from_env_with_nothing_names_all_variables() -> None:
     """No credentials at all: the error names both pairs of variables to set."""
-    with pytest.raises(AuthError) as caught:
+    with pytest.raises(CredentialsMissing) as caught:
         Credentials.from_env({"TWILIO_API_KEY": "", "HOME": "/root"})
     for name in ("TWILIO_API_KEY", "TWILIO_API_SECRET", "TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN"):
         assert name in str(caught.value)
@@ -673,7 +673,7 @@ def test_credentials_from_env_half_a_pair_names_the_missing_one(
     env: dict[str, str], missing: str
 ) -> None:
     """Half a pair: the error names the missing variable and echoes no value."""
-    with pytest.raises(AuthError) as caught:
+    with pytest.raises(CredentialsMissing) as caught:
         Credentials.from_env(env)
     text = str(caught.value)
     assert f"{missing} is not" in text

@@ -251,8 +251,12 @@ def test_retry_sends_only_the_failed_units(emulator: EmulatorServer, tmp_path: P
     assert pl.read_csv(tmp_path / "out" / "errors.csv").height == 0
 
     reset_stats(emulator)
-    assert retry(job, quiet=True).summary["units"]["sent_this_run"] == 0  # nothing left
+    report = (tmp_path / "out" / "report.md").read_text()
+    empty = retry(job, quiet=True)  # nothing left: says so, and the last report stands
+    assert empty.text.startswith("Nothing to send")
+    assert empty.exit_code == 0
     assert patches(emulator) == 0
+    assert (tmp_path / "out" / "report.md").read_text() == report
 
 
 def test_retry_without_a_run_is_bad_input(

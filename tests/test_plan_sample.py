@@ -137,7 +137,7 @@ def test_cli_prints_the_summary(
     out = capsys.readouterr().out
     assert "rows read                  2,000  from 1 file" in out
     assert f"unresolved                    {EXPECTED['unresolved']}" in out
-    assert f"Wrote {tmp_path / 'out' / 'plan.parquet'}" in out
+    assert f"Wrote {tmp_path / 'out' / 'plan' / 'plan.parquet'}" in out
 
 
 def test_a_missing_column_fails_before_any_row(tmp_path: Path) -> None:

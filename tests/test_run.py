@@ -431,7 +431,13 @@ def test_sample_run_lands_exactly_the_expected_profiles(
     lines = [(e["row"], e["outcome"]) for e in errors]
     assert len(lines) == len(set(lines)), "a (row, outcome) is listed twice"
     assert set(lines) == expected_errors()
-    assert s["rows"]["not_landed"] == len({e["row"] for e in errors})
+    lost = {e["row"] for e in errors if e["outcome"] != "invalid_row"}
+    in_part = {e["row"] for e in errors} - lost
+    assert s["rows"]["not_landed"] == len(lost)
+    assert s["rows"]["landed_in_part"] == len(in_part)
+    assert s["rows"]["not_sent_yet"] == 0
+    assert s["rows"]["landed"] + len(lost) + len(in_part) == s["rows"]["read"] == 2000
+    assert s["rows"]["lines"] == dict(sorted(Counter(e["outcome"] for e in errors).items()))
     assert {e["file"] for e in errors} == {"sample_data/customers.csv"}
     not_found = [e for e in errors if e["outcome"] == "profile_not_found"]
     assert sorted(e["profile_id"] for e in not_found) == MISSING
@@ -697,8 +703,14 @@ def test_a_changed_input_needs_restart_which_starts_from_the_seed(
 
     mtime = extract.stat().st_mtime_ns
     os.utime(extract, ns=(mtime + 5 * 10**9, mtime + 5 * 10**9))
+    assert main(["run", str(job), "--quiet"]) == 1  # touched, not changed: resumes (no-op)
+    assert capsys.readouterr().out.startswith("Nothing to send")
+    text = extract.read_bytes()
+    extract.write_bytes(text.replace(b"gold", b"GOLD", 1))  # same size, other content
     assert main(["run", str(job), "--quiet"]) == 2
-    assert "--restart" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--restart" in err
+    assert f"input {extract} changed (same size, other content)" in err
 
     assert main(["run", str(job), "--quiet", "--restart"]) == 1
     s = summary(out)
@@ -711,11 +723,12 @@ def test_a_changed_input_needs_restart_which_starts_from_the_seed(
 
 def test_rerunning_a_finished_run_sends_nothing(clean_run: CleanRun) -> None:
     """The same command again after a finished run sends no request and reports the same rows."""
+    report = (clean_run.out / "report.md").read_text()
     result = run_job(clean_run.job, quiet=True)
     assert result.exit_code == 1
-    s = result.summary
-    assert s["units"]["sent_this_run"] == 0
-    assert s["requests"]["sent"] == 0
+    assert result.text.startswith("Nothing to send")
+    assert (clean_run.out / "report.md").read_text() == report  # the last report stands
+    s = json.loads((clean_run.out / "summary.json").read_text())
     assert (s["units"]["updated"], s["units"]["profile_not_found"]) == (UPDATED, len(MISSING))
     with (clean_run.out / "errors.csv").open(newline="", encoding="utf-8") as f:
         assert list(csv.DictReader(f)) == clean_run.errors

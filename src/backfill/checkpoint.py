@@ -27,7 +27,7 @@ from typing import Any
 
 import polars as pl
 
-from backfill.errors import BackfillError, RunLocked
+from backfill.errors import BackfillError, RunLocked, StorageError
 from backfill.files import private_file
 
 SCHEMA = """
@@ -163,6 +163,32 @@ def lock_holder(folder: Path) -> tuple[int, str] | None:
     return pid, command or "run"
 
 
+class _Connection(sqlite3.Connection):
+    """A connection whose failures name its file: a full disk or a read-only folder during
+    delivery must reach the user as one line about that file, not as a sqlite3 traceback from
+    the checkpoint thread."""
+
+    path = "?"
+
+    def execute(self, sql: str, parameters: Any = (), /) -> sqlite3.Cursor:
+        try:
+            return super().execute(sql, parameters)
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot use {self.path}: {exc}") from exc
+
+    def executemany(self, sql: str, parameters: Iterable[Any], /) -> sqlite3.Cursor:
+        try:
+            return super().executemany(sql, parameters)
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot use {self.path}: {exc}") from exc
+
+    def executescript(self, sql_script: str, /) -> sqlite3.Cursor:
+        try:
+            return super().executescript(sql_script)
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot use {self.path}: {exc}") from exc
+
+
 class RunDB:
     """The run's SQLite file; a context manager that closes it."""
 
@@ -170,13 +196,16 @@ class RunDB:
         self.path = path
         try:
             private_file(path)
-            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self._db = sqlite3.connect(
+                path, isolation_level=None, check_same_thread=False, factory=_Connection
+            )
+            self._db.path = str(path)
             self._db.execute("PRAGMA busy_timeout=30000")
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(SCHEMA)
-        except (OSError, sqlite3.Error) as exc:
-            raise BackfillError(f"cannot open the run file {path}: {exc}") from exc
+        except (OSError, sqlite3.Error, StorageError) as exc:
+            raise StorageError(f"cannot open the run file {path}: {exc}") from exc
 
     def cached_lookups(
         self, store_id: str, pairs: Iterable[tuple[str, str]]
@@ -291,6 +320,16 @@ class RunDB:
             (FAILED,),
         )
 
+    def unfinished_targets(self) -> list[str]:
+        """The targets (``<target>`` of ``<target>#<chunk>``) with a unit still to send: the
+        rows behind them have not landed yet."""
+        rows = self._db.execute(  # rtrim drops the chunk number; substr, its '#'
+            "SELECT DISTINCT substr(t, 1, length(t) - 1) FROM "
+            "(SELECT rtrim(key, '0123456789') AS t FROM units WHERE state IN (?, ?))",
+            (PENDING, IN_FLIGHT),
+        )
+        return [target for (target,) in rows]
+
     def created(self) -> dict[str, str]:
         """The profile each ``new:...`` target's create made (``reconcile`` checks those; a
         plan resolves them as creates again while the run's cached lookups say not found)."""
@@ -364,8 +403,8 @@ class RunDB:
             state.parent.mkdir(parents=True, exist_ok=True)
             private_file(state)
             self._db.execute("ATTACH DATABASE ? AS inc", (str(state),))
-        except (OSError, sqlite3.Error) as exc:
-            raise BackfillError(f"cannot open the incremental state {state}: {exc}") from exc
+        except (OSError, sqlite3.Error, StorageError) as exc:
+            raise StorageError(f"cannot open the incremental state {state}: {exc}") from exc
         try:
             self._db.execute("PRAGMA inc.journal_mode=WAL")
             self._db.execute("PRAGMA inc.synchronous=FULL")
@@ -381,8 +420,8 @@ class RunDB:
                         (json.dumps(scheme),),
                     )
             yield
-        except sqlite3.Error as exc:
-            raise BackfillError(f"cannot use the incremental state {state}: {exc}") from exc
+        except (sqlite3.Error, StorageError) as exc:
+            raise StorageError(f"cannot use the incremental state {state}: {exc}") from exc
         finally:
             self._db.execute("DETACH DATABASE inc")
 
@@ -456,7 +495,7 @@ def read_progress(path: Path) -> Progress:
         finally:
             db.close()
     except sqlite3.Error as exc:
-        raise BackfillError(f"cannot read the run file {path}: {exc}") from exc
+        raise StorageError(f"cannot read the run file {path}: {exc}") from exc
     return Progress(counts, meta, first, last, recent)
 
 

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from backfill import __version__
-from backfill.errors import AuthError, BackfillError, ConfigError, RunLocked
+from backfill.errors import AuthError, BackfillError, ConfigError, RunLocked, reported
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -223,7 +223,7 @@ def _run_run(args: argparse.Namespace) -> int:
     from backfill.pipeline import run
 
     result = run(args.job, restart=args.restart, full=args.full, quiet=args.quiet)
-    print(result.text, end="")
+    print(result.line if args.quiet else result.text.rstrip("\n"))
     return result.exit_code
 
 
@@ -231,7 +231,7 @@ def _run_retry(args: argparse.Namespace) -> int:
     from backfill.pipeline import retry
 
     result = retry(args.job, not_found=args.not_found, quiet=args.quiet)
-    print(result.text, end="")
+    print(result.line if args.quiet else result.text.rstrip("\n"))
     return result.exit_code
 
 
@@ -247,7 +247,7 @@ def _run_reconcile(args: argparse.Namespace) -> int:
     from backfill.reconcile import reconcile
 
     result = reconcile(args.job, fix=args.fix, settle=args.settle, quiet=args.quiet)
-    print(result.text, end="")
+    print(result.line if args.quiet else result.text.rstrip("\n"))
     return result.exit_code
 
 
@@ -258,35 +258,63 @@ def _run_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+_COMMANDS = {
+    "emulator": _run_emulator,
+    "plan": _run_plan,
+    "run": _run_run,
+    "retry": _run_retry,
+    "status": _run_status,
+    "schema": _run_schema,
+    "reconcile": _run_reconcile,
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``backfill`` command; returns the process exit code."""
+    """Entry point of the ``backfill`` command; returns the process exit code.
+
+    The one place errors become exit codes: each ``BackfillError`` class has its code (see
+    errors.py), an OS error is reported with its path, and anything else is a bug, shown as one
+    line unless ``--debug`` asks for the traceback."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        if args.command == "emulator":
-            return _run_emulator(args)
-        if args.command == "plan":
-            return _run_plan(args)
-        if args.command == "run":
-            return _run_run(args)
-        if args.command == "retry":
-            return _run_retry(args)
-        if args.command == "status":
-            return _run_status(args)
-        if args.command == "schema":
-            return _run_schema(args)
-        if args.command == "reconcile":
-            return _run_reconcile(args)
-        parser.error(f"unknown command {args.command}")  # argparse exits with 2
+        return _COMMANDS[args.command](args)
     except KeyboardInterrupt:
-        return EXIT_INTERRUPTED
-    except BackfillError as exc:
         if args.debug:
             raise
+        print("backfill: interrupted; run the same command again to continue", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BaseExceptionGroup as group:  # concurrent work failing as a group
+        if args.debug:
+            raise
+        return _report(reported(group), args.command)
+    except Exception as exc:
+        if args.debug:
+            raise
+        return _report(exc, args.command)
+
+
+def _report(exc: BaseException, command: str) -> int:
+    """Print one line for ``exc``; return its exit code."""
+    if isinstance(exc, BackfillError):
         print(f"backfill: error: {exc}", file=sys.stderr)
         if isinstance(exc, ConfigError | RunLocked):
             return EXIT_BAD_INPUT
         if isinstance(exc, AuthError):
             return EXIT_AUTH
         return EXIT_FAILED
-    return EXIT_OK
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"backfill: error: {exc.strerror}{where}", file=sys.stderr)
+        return EXIT_FAILED
+    if isinstance(exc, KeyboardInterrupt):
+        print("backfill: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    text = str(exc).strip().splitlines()
+    detail = f": {text[0]}" if text else ""
+    print(
+        f"backfill: internal error in {command}: {type(exc).__name__}{detail}; "
+        "run with --debug for the traceback",
+        file=sys.stderr,
+    )
+    return EXIT_FAILED

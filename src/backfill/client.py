@@ -36,7 +36,7 @@ import anyio
 import httpx
 
 from backfill import __version__
-from backfill.errors import AuthError, BackfillError, ConfigError
+from backfill.errors import AuthError, BackfillError, ConfigError, CredentialsMissing
 from backfill.throttle import AdaptiveRate, Clock, SystemClock, TokenBucket
 
 DEFAULT_BASE_URL = "https://memory.twilio.com"
@@ -79,8 +79,10 @@ class Credentials:
                 return cls(username, password)
             if username or password:
                 present, missing = (user_var, secret_var) if username else (secret_var, user_var)
-                raise AuthError(f"{present} is set but {missing} is not; set {missing} too")
-        raise AuthError(
+                raise CredentialsMissing(
+                    f"{present} is set but {missing} is not; set {missing} too"
+                )
+        raise CredentialsMissing(
             "no Twilio credentials found: set TWILIO_API_KEY and TWILIO_API_SECRET (recommended), "
             "or TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN"
         )

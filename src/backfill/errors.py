@@ -4,16 +4,20 @@ Every error the library raises on purpose is a ``BackfillError``; ``cli.main`` m
 below to one exit code, so adding a class here means adding its line there::
 
     BackfillError                anything we raise on purpose (exit 1 unless below)
-    ├── ConfigError              bad job file, option or seed file; nothing written (exit 2)
+    ├── ConfigError              bad job file, option, input or seed file; nothing written (exit 2)
     │   ├── InvalidIdentifierError  a value its identifier's normalization rejects
-    │   └── SchemaMismatch       the store lacks trait groups/traits the job writes (exit 2)
+    │   ├── SchemaMismatch       the store lacks trait groups/traits the job writes (exit 2)
+    │   └── CredentialsMissing   no credentials in the environment (exit 2)
     ├── SchemaError              a trait-group read or change failed or never completed (exit 1)
     ├── RunLocked                another process is running this job (exit 2)
-    ├── AuthError                credentials missing or refused (401/403): stop at once (exit 3)
+    ├── AuthError                credentials refused (401/403): stop at once (exit 3)
+    ├── StorageError             a file of ours (checkpoint, state, report) is unusable (exit 1)
     └── EmulatorError            the local emulator could not start or serve (exit 1)
 
-Third-party errors (httpx, sqlite3, polars, uvicorn) are translated at the edge of the module that
-calls them, with ``raise ... from exc``, so callers only ever catch these.
+Third-party errors (httpx, sqlite3, polars, uvicorn, OSError) are translated at the edge of the
+module that calls them, with ``raise ... from exc``, naming the path, so callers only ever catch
+these. Anything else that reaches ``cli.main`` is a bug: one line, exit 1, ``--debug`` for the
+traceback.
 """
 
 
@@ -38,6 +42,10 @@ class SchemaMismatch(ConfigError):
         self.diff = diff
 
 
+class CredentialsMissing(ConfigError):
+    """The environment holds no (or half a) credential pair: fixed by the user, not the service."""
+
+
 class SchemaError(BackfillError):
     """A trait-group read or write failed after retries, its Operation failed, or the group kept
     changing under us (412 every time)."""
@@ -49,6 +57,11 @@ class RunLocked(BackfillError):
 
 class AuthError(BackfillError):
     """Credentials missing or refused; retrying cannot help."""
+
+
+class StorageError(BackfillError):
+    """A file the tool keeps (checkpoint, incremental state, reports) cannot be read or written:
+    disk full, read-only, removed underneath us. The message names the path."""
 
 
 class EmulatorError(BackfillError):
@@ -67,7 +80,7 @@ def reported(group: BaseExceptionGroup[BaseException]) -> BaseException:
             pending.extend(exc.exceptions)
         else:
             leaves.append(exc)
-    for kind in (AuthError, BackfillError):
+    for kind in (AuthError, StorageError, BackfillError):
         for leaf in leaves:
             if isinstance(leaf, kind):
                 return leaf

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Final
+
+from backfill.errors import ConfigError
 
 # The output folder's SQLite files, named in one place: the run's checkpoint, and the embedded
 # emulator's store (config refuses either as an incremental state file).
@@ -13,10 +18,35 @@ EMULATOR_STATE: Final = "emulator.sqlite"
 
 
 def private_dir(path: Path) -> Path:
-    """Create (if needed) a folder only its owner can enter."""
-    path.mkdir(parents=True, exist_ok=True)
-    os.chmod(path, 0o700)
+    """Create (if needed) a folder only its owner can enter. Only the folders created here are
+    made owner-only: an existing one keeps its mode (``[output] dir = "."`` may be a shared
+    folder), and the customer data inside it is protected file by file (``private_file``)."""
+    _make_private(path)
     return path
+
+
+def _make_private(path: Path) -> Path | None:
+    """Create ``path`` and its missing parents, each owner-only; return the topmost folder that
+    was created (None when ``path`` existed)."""
+    missing = [p for p in (path, *path.parents) if not p.exists()]
+    path.mkdir(parents=True, exist_ok=True)
+    for folder in missing:
+        os.chmod(folder, 0o700)
+    return missing[-1] if missing else None
+
+
+@contextmanager
+def output_folder(path: Path) -> Iterator[Path]:
+    """The job's output folder for one command. If this command created it and then fails on its
+    input, schema or missing credentials (``ConfigError``: raised before any write), the folder
+    goes again: a job that fails its checks leaves nothing behind for ``status`` to misread."""
+    created = _make_private(path)
+    try:
+        yield path
+    except ConfigError:
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)
+        raise
 
 
 def private_file(path: Path) -> Path:

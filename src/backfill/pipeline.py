@@ -3,13 +3,14 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
+import os
 import shutil
 import signal
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,13 +32,15 @@ from backfill.checkpoint import (
     read_progress,
 )
 from backfill.config import Job, load_job
-from backfill.errors import ConfigError, reported
-from backfill.files import EMULATOR_STATE, RUN_FILE, private_dir
+from backfill.errors import ConfigError, StorageError, reported
+from backfill.files import EMULATOR_STATE, RUN_FILE, output_folder, private_dir
 from backfill.mapping import INVALID, ORDER, map_batch, present_column, value_column
 from backfill.plan import HASH_SCHEME, write_units
 from backfill.report import (
     DeliveryProgress,
+    format_nothing_to_send,
     format_run,
+    format_run_line,
     format_status,
     identifiers_text,
     write_errors,
@@ -60,7 +63,8 @@ from backfill.resolve import (
     open_pairs,
     resolve,
 )
-from backfill.source import FILE, ROW, SourceFile, check_columns, read_batches, source_files
+from backfill.resume import made_from, why_not
+from backfill.source import FILE, ROW, check_columns, read_batches, source_files
 
 if TYPE_CHECKING:
     from backfill.client import ClientStats, MemoryClient
@@ -72,6 +76,9 @@ EXIT_OK, EXIT_SOME_FAILED, EXIT_INTERRUPTED = 0, 1, 130
 SPILL: Final = "lz4"  # temporary files between stages: speed over size
 ROWS_FILE: Final = "rows.parquet"
 VALUES_FILE: Final = "values.parquet"
+PLAN_FILES: Final = ("plan.parquet", ROWS_FILE, VALUES_FILE, "rejects.csv", "plan.json")
+DRY_RUN_DIR: Final = "plan"  # `backfill plan` writes here, never over a run's own files
+STAGING_DIR: Final = ".next-plan"  # a run's new plan, moved into place once the checkpoint has it
 
 
 T = TypeVar("T")
@@ -125,6 +132,7 @@ class PlanResult:
     plan_path: Path
     rejects_path: Path
     sources: list[str] = field(default_factory=list)
+    plan_id: str = ""  # names this plan's files: a checkpoint finds its own by it
 
 
 def _bar(quiet: bool, **kwargs: Any) -> tqdm[Any]:
@@ -132,10 +140,13 @@ def _bar(quiet: bool, **kwargs: Any) -> tqdm[Any]:
 
 
 def plan(job_path: Path | str, *, offline: bool = False, quiet: bool = False) -> PlanResult:
-    """``backfill plan``: everything up to the request units, with no trait written."""
+    """``backfill plan``: everything up to the request units, with no trait written. Its files
+    go to ``<output>/plan/``: the output folder's own plan files belong to the last ``run``,
+    which ``retry``, ``status`` and a resume still read."""
     job = load_job(job_path)
-    with RunLock(private_dir(job.output_dir), "plan"):
-        return build_plan(job, offline=offline, quiet=quiet)
+    source_files(job)  # a missing input fails before any folder is made
+    with output_folder(job.output_dir) as out, RunLock(out, "plan"):
+        return build_plan(job, offline=offline, quiet=quiet, into=out / DRY_RUN_DIR)
 
 
 def build_plan(
@@ -167,11 +178,17 @@ def build_plan(
     shutil.rmtree(spill, ignore_errors=True)
     private_dir(spill)
     try:
+        batches = 0
         with _bar(quiet, desc="reading", unit=" rows", unit_scale=True) as bar:
-            for i, batch in enumerate(read_batches(job, files)):
+            for batch in read_batches(job, files):
                 mapped_batch = map_batch(job, batch)
-                mapped_batch.write_parquet(spill / f"mapped-{i:06d}.parquet", compression=SPILL)
+                mapped_batch.write_parquet(
+                    spill / f"mapped-{batches:06d}.parquet", compression=SPILL
+                )
+                batches += 1
                 bar.update(batch.height)
+        if not batches:  # an empty extract (a quiet night): plan 0 units, not a crash
+            _empty_mapped(job).write_parquet(spill / "mapped-000000.parquet")
         mapped = pl.scan_parquet(spill / "mapped-*.parquet")
         stats = LookupStats()
         pairs = open_pairs(job, mapped, candidates)
@@ -213,23 +230,32 @@ def build_plan(
         summary = _summary(job, resolved, plan_path, len(files), rejects, stats, started)
     finally:
         shutil.rmtree(spill, ignore_errors=True)
-    result = PlanResult(job, summary, plan_path, rejects_path, [str(f.path) for f in files])
+    plan_id = uuid.uuid4().hex
+    sources = [str(f.path) for f in files]
+    result = PlanResult(job, summary, plan_path, rejects_path, sources, plan_id)
     summary_path = folder / "plan.json"
-    summary_path.write_text(
-        json.dumps(
-            {
-                "job": str(job.path),
-                "sources": result.sources,
-                "hash_scheme": HASH_SCHEME,
-                **asdict(summary),
-            },
-            indent=2,
-        )
-        + "\n",
-        encoding="utf-8",
+    text = json.dumps(
+        {
+            "job": str(job.path),
+            "plan_id": plan_id,
+            "sources": sources,
+            "hash_scheme": HASH_SCHEME,
+            **asdict(summary),
+        },
+        indent=2,
     )
-    summary_path.chmod(0o600)
+    write_private(summary_path, text + "\n")
     return result
+
+
+def _empty_mapped(job: Job) -> pl.DataFrame:
+    """What ``map_batch`` makes of a batch with no rows: the mapped columns with their types,
+    so every later stage runs unchanged over zero rows."""
+    schema = {c: pl.String for c in job.columns}
+    empty = pl.DataFrame(schema=schema).with_columns(
+        pl.lit(None, pl.UInt32).alias(ROW), pl.lit(None, pl.UInt16).alias(FILE)
+    )
+    return map_batch(job, empty.clear())
 
 
 def _lookups(
@@ -306,22 +332,9 @@ def _summary(
 class RunResult:
     job: Job
     summary: dict[str, Any]
-    text: str  # the human report (report.md)
+    text: str  # the human report (report.md), or why there was nothing to send
     exit_code: int
-
-
-def fingerprint(job: Job, files: list[SourceFile]) -> str:
-    """What a checkpoint was made from: the job file's bytes and each input's size and mtime.
-
-    A resumed run must send the plan it started; if any of these changed, it refuses."""
-    digest = hashlib.sha256(job.path.read_bytes())
-    inputs = [f.path for f in files]
-    if job.identity.identity_map is not None:
-        inputs.append(job.identity.identity_map)
-    for path in inputs:
-        stat = path.stat()
-        digest.update(f"\0{path}\0{stat.st_size}\0{stat.st_mtime_ns}".encode())
-    return digest.hexdigest()
+    line: str = ""  # the one line ``--quiet`` prints
 
 
 def run(
@@ -329,46 +342,67 @@ def run(
 ) -> RunResult:
     """``backfill run``: plan (or resume), deliver under the checkpoint, and report.
 
-    The last run is resumed; if its job or inputs changed since, ``run`` refuses unless
-    ``restart``. With ``[incremental]``, a new plan's units whose body already landed are not
-    sent (``full`` plans afresh and sends them anyway).
+    The last run is resumed; if what it would send changed since (``resume.why_not``), ``run``
+    refuses unless ``restart`` or ``full``. With ``[incremental]``, a new plan's units whose
+    body already landed are not sent (``full`` plans afresh and sends them anyway).
     """
     job = load_job(job_path)
     files = source_files(job)
-    out = private_dir(job.output_dir)
-    with RunLock(out, "run"), RunDB(out / RUN_FILE) as db:
-        made_from = fingerprint(job, files)
-        previous = db.meta("fingerprint")
-        if previous is not None and previous != made_from and not restart:
-            raise ConfigError(
-                f"{job.path} or its input files changed since the checkpoint in {out} was made;"
-                " run with --restart to plan and send again from the start"
-            )
-        resumed = 0
-        if restart or full or db.meta("plan") is None:
-            state = job.incremental.state if job.incremental is not None else None
-            store = job.connection.store_id
-            if restart and job.connection.embedded:
-                (out / EMULATOR_STATE).unlink(missing_ok=True)
-                if state is not None:  # the store starts from its seed again: nothing landed
-                    db.forget_landed(state, store, HASH_SCHEME)
-            else:  # what a killed run landed, before its checkpoint goes
-                _remember(job, db)
-            plan_result = build_plan(job, quiet=quiet, keep_rows=True)
-            db.replace_units(plan_result.plan_path)
-            skipped = 0
-            if state is not None and not full:
-                skipped = db.skip_unchanged(state, store, HASH_SCHEME)
-            db.set_meta(
-                fingerprint=made_from,
-                plan=asdict(plan_result.summary),
-                sources=plan_result.sources,
-                hash_scheme=HASH_SCHEME,
-                incremental=_incremental_meta(job, full, skipped),
-            )
-        else:
+    with output_folder(job.output_dir) as out, RunLock(out, "run"), RunDB(out / RUN_FILE) as db:
+        if db.meta("plan") is not None and not (restart or full):
+            reason = why_not(db.meta("fingerprint"), job, files)
+            if reason is not None:
+                raise ConfigError(
+                    f"cannot resume the run in {out}: {reason}; run with --restart to plan and "
+                    "send again from the start"
+                )
+            _publish(out, db.meta("plan_id"))  # a killed run may not have moved them yet
             resumed = db.reset_in_flight()
-        return _deliver_and_report(job, db, out, resumed, quiet, remember=True)
+            return _deliver_and_report(job, db, out, resumed, quiet, remember=True, fresh=False)
+        made = made_from(job, files)
+        state = job.incremental.state if job.incremental is not None else None
+        store = job.connection.store_id
+        if restart and job.connection.embedded:
+            (out / EMULATOR_STATE).unlink(missing_ok=True)
+            if state is not None:  # the store starts from its seed again: nothing landed
+                db.forget_landed(state, store, HASH_SCHEME)
+        else:  # what a killed run landed, before its checkpoint goes
+            _remember(job, db)
+        db.set_meta(planning_started=time.time())
+        # Planned aside: until the checkpoint holds the new units, the last run's files stay.
+        plan_result = build_plan(job, quiet=quiet, keep_rows=True, into=out / STAGING_DIR)
+        db.set_meta(plan=None)  # killed from here to the next set_meta: the next run re-plans
+        db.replace_units(plan_result.plan_path)
+        skipped = 0
+        if state is not None and not full:
+            skipped = db.skip_unchanged(state, store, HASH_SCHEME)
+        db.set_meta(
+            fingerprint=made,
+            plan=asdict(plan_result.summary),
+            plan_id=plan_result.plan_id,
+            sources=plan_result.sources,
+            hash_scheme=HASH_SCHEME,
+            incremental=_incremental_meta(job, full, skipped),
+            sessions=[],
+        )
+        _publish(out, plan_result.plan_id)
+        return _deliver_and_report(job, db, out, 0, quiet, remember=True, fresh=True)
+
+
+def _publish(out: Path, plan_id: str | None) -> None:
+    """Move the staged plan whose id the checkpoint holds into the output folder, plan.json
+    last: a kill half-way leaves plan.json staged, and the next run finishes the move."""
+    staging = out / STAGING_DIR
+    staged = _read_json(staging / "plan.json")
+    if plan_id is None or staged is None or staged.get("plan_id") != plan_id:
+        return
+    try:
+        for name in PLAN_FILES:
+            if (staging / name).exists():
+                os.replace(staging / name, out / name)
+        shutil.rmtree(staging, ignore_errors=True)
+    except OSError as exc:
+        raise StorageError(f"cannot move the new plan from {staging} to {out}: {exc}") from exc
 
 
 def retry(job_path: Path | str, *, not_found: bool = False, quiet: bool = False) -> RunResult:
@@ -384,10 +418,11 @@ def retry(job_path: Path | str, *, not_found: bool = False, quiet: bool = False)
     with RunLock(out, "retry"), RunDB(out / RUN_FILE) as db:
         if db.meta("plan") is None:
             raise ConfigError(f"nothing to retry: the last run of {job.path} was never planned")
+        _publish(out, db.meta("plan_id"))
         outcomes = [FAILED_OUTCOME, PROFILE_NOT_FOUND] if not_found else [FAILED_OUTCOME]
         resumed = db.reset_in_flight()
         db.requeue_failed(outcomes)
-        return _deliver_and_report(job, db, out, resumed, quiet, remember=True)
+        return _deliver_and_report(job, db, out, resumed, quiet, remember=True, fresh=False)
 
 
 @dataclass(frozen=True)
@@ -408,6 +443,9 @@ def status(job_path: Path | str) -> StatusResult:
     progress = read_progress(checkpoint)
     holder = lock_holder(out)
     pid, command = holder if holder is not None else (None, None)
+    started = {"planning_started", "fingerprint"} & set(progress.meta)
+    if not started and command not in ("run", "retry"):  # only `plan` or `schema` used it
+        raise ConfigError(f"{job.path} has not been run yet: its checkpoint {checkpoint} is empty")
     c = progress.counts
     total = sum(c[s] for s in (PENDING, IN_FLIGHT, DONE, FAILED))
     unfinished = c[PENDING] + c[IN_FLIGHT]
@@ -480,14 +518,16 @@ def deliver_planned(
     with RunDB(folder / RUN_FILE) as db:
         db.replace_units(folder / "plan.parquet")
         db.set_meta(plan=plan_meta, sources=sources, hash_scheme=HASH_SCHEME)
-        return _deliver_and_report(job, db, folder, 0, quiet, remember=False)
+        return _deliver_and_report(job, db, folder, 0, quiet, remember=False, fresh=True)
 
 
 def _deliver_and_report(
-    job: Job, db: RunDB, out: Path, resumed: int, quiet: bool, *, remember: bool
+    job: Job, db: RunDB, out: Path, resumed: int, quiet: bool, *, remember: bool, fresh: bool
 ) -> RunResult:
     """Deliver the checkpoint's pending units and write the reports. ``remember``: copy what
-    landed into the job's incremental state (not for partial bodies such as reconcile's)."""
+    landed into the job's incremental state (not for partial bodies such as reconcile's).
+    ``fresh``: a new plan, whose report is written even when it sends nothing; otherwise a
+    resume or retry with nothing left to send leaves the last report as it is."""
     from backfill.client import ClientStats
     from backfill.schema import check
     from backfill.send import deliver
@@ -495,6 +535,10 @@ def _deliver_and_report(
 
     before = db.counts()
     todo = before[PENDING]
+    last = _read_json(out / "summary.json")
+    if not todo and not fresh and last is not None and last.get("exit_code") != EXIT_INTERRUPTED:
+        text = format_nothing_to_send(last)
+        return RunResult(job, last, text, int(last["exit_code"]), text.splitlines()[0])
     started = time.monotonic()
     progress = DeliveryProgress(todo, quiet)
     interrupted = False
@@ -543,23 +587,32 @@ def _deliver_and_report(
     delivered = (after[DONE] + after[FAILED]) - (before[DONE] + before[FAILED])
     accepted = after.get("outcome:updated", 0) + after.get("outcome:created", 0)
     accepted -= before.get("outcome:updated", 0) + before.get("outcome:created", 0)
+    sessions = [*(db.meta("sessions") or []), _session(stats, seconds, delivered, accepted)]
+    db.set_meta(sessions=sessions)
     plan_meta = db.meta("plan") or {}
     sources = db.meta("sources") or []
-    failures = list(db.failed_units())
-    errors_path = out / "errors.csv"
-    not_landed = write_errors(out / "rejects.csv", out / ROWS_FILE, failures, sources, errors_path)
     unfinished = after[PENDING] + after[IN_FLIGHT]
+    rows = write_errors(
+        out / "rejects.csv",
+        out / ROWS_FILE,
+        list(db.failed_units()),
+        sources,
+        out / "errors.csv",
+        read=plan_meta.get("rows", 0),
+        unsent=db.unfinished_targets() if unfinished else [],
+    )
     if interrupted or unfinished:
         exit_code = EXIT_INTERRUPTED
-    elif not_landed:
+    elif rows.not_landed:
         exit_code = EXIT_SOME_FAILED
     else:
         exit_code = EXIT_OK
+    whole = _totals(sessions)
     summary: dict[str, Any] = {
         "job": str(job.path),
         "exit_code": exit_code,
-        "seconds": round(seconds, 3),
-        "rows": {"read": plan_meta.get("rows", 0), "not_landed": not_landed},
+        "seconds": round(whole["seconds"], 3),
+        "rows": rows.as_dict(),
         "units": {
             "total": sum(after[s] for s in (PENDING, IN_FLIGHT, DONE, FAILED)),
             "sent_this_run": delivered,
@@ -572,23 +625,24 @@ def _deliver_and_report(
             "in_flight": after[IN_FLIGHT],
         },
         "requests": {
-            "sent": stats.sent,
-            "retries": stats.retries,
-            "throttled": stats.throttled,
-            "transport_errors": stats.transport_errors,
-            "by_status": {str(k): v for k, v in sorted(stats.by_status.items())},
+            "sent": whole["sent"],
+            "retries": whole["retries"],
+            "throttled": whole["throttled"],
+            "transport_errors": whole["transport_errors"],
+            "by_status": whole["by_status"],
         },
         "rate": {
             "configured": job.send.rate,
             "final": round(final_rate, 3),
-            "achieved": round(accepted / seconds, 3) if seconds > 0 else 0.0,
+            "achieved": round(whole["accepted"] / whole["seconds"], 3) if whole["seconds"] else 0.0,
         },
         "remaps": db.remaps(),
         "resumed": resumed,
+        "sessions": len(sessions),
         "resent_units": after["resent"],
         "plan": plan_meta,
         "files": {
-            "errors": str(errors_path),
+            "errors": str(out / "errors.csv"),
             "summary": str(out / "summary.json"),
             "report": str(out / "report.md"),
         },
@@ -596,4 +650,32 @@ def _deliver_and_report(
     text = format_run(summary)
     write_private(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     write_private(out / "report.md", text)
-    return RunResult(job, summary, text, exit_code)
+    return RunResult(job, summary, text, exit_code, format_run_line(summary))
+
+
+def _session(stats: ClientStats, seconds: float, units: int, accepted: int) -> dict[str, Any]:
+    """One invocation's share of a run (a resumed run has several): kept in the checkpoint so
+    the report covers the whole run."""
+    return {
+        "seconds": seconds,
+        "units": units,
+        "accepted": accepted,
+        "sent": stats.sent,
+        "retries": stats.retries,
+        "throttled": stats.throttled,
+        "transport_errors": stats.transport_errors,
+        "by_status": {str(k): v for k, v in stats.by_status.items()},
+    }
+
+
+def _totals(sessions: list[dict[str, Any]]) -> dict[str, Any]:
+    keys = ("seconds", "units", "accepted", "sent", "retries", "throttled", "transport_errors")
+    total: dict[str, Any] = dict.fromkeys(keys, 0)
+    by_status: dict[str, int] = {}
+    for session in sessions:
+        for key in total:
+            total[key] += session.get(key, 0)
+        for code, n in session.get("by_status", {}).items():
+            by_status[code] = by_status.get(code, 0) + n
+    total["by_status"] = dict(sorted(by_status.items()))
+    return total

@@ -47,7 +47,7 @@ from backfill.compare import (
 )
 from backfill.config import Job, load_job
 from backfill.errors import ConfigError
-from backfill.files import RUN_FILE, private_dir, private_file
+from backfill.files import RUN_FILE, output_folder, private_dir, private_file
 from backfill.pipeline import (
     EXIT_INTERRUPTED,
     ROWS_FILE,
@@ -58,7 +58,7 @@ from backfill.pipeline import (
 from backfill.plan import HASH_SCHEME, encode_trait, units_from_fragments
 from backfill.report import NOT_RESOLVED, REJECT_COLUMNS, write_private
 from backfill.resolve import NEW, TARGET
-from backfill.source import FILE, ROW
+from backfill.source import FILE, ROW, source_files
 
 __all__ = ["ReconcileResult", "expected_frame", "format_reconcile", "reconcile", "same_value"]
 
@@ -76,6 +76,7 @@ class ReconcileResult:
     summary: dict[str, Any]  # reconcile.json
     text: str  # reconcile.md
     exit_code: int  # 0: Memory matches the plan; 1: it does not, or some rows could not be checked
+    line: str = ""  # the one line ``--quiet`` prints
 
 
 def _created_profiles(out: Path) -> dict[str, str]:
@@ -367,8 +368,8 @@ def reconcile(
         raise ConfigError(f"--settle must be a number of seconds, at least 0 (got {settle})")
     started = time.monotonic()
     job = load_job(job_path)
-    out = private_dir(job.output_dir)
-    with RunLock(out, "reconcile"):
+    source_files(job)  # a missing input fails before any folder is made
+    with output_folder(job.output_dir) as out, RunLock(out, "reconcile"):
         rec = private_dir(out / "reconcile")
         files = {key: rec / name for key, name in REPORTS.items()}
         for path in files.values():  # a reconcile that fails leaves no report to mistake
@@ -404,4 +405,6 @@ def reconcile(
         for scratch in (".pass1", ".pass2"):
             shutil.rmtree(rec / scratch, ignore_errors=True)
         text = _write_reports(summary, files)
-        return ReconcileResult(job, summary, text, summary["exit_code"])
+        verdict = text.splitlines()[2]
+        line = f"backfill: {job.path}: exit {summary['exit_code']}; {verdict}"
+        return ReconcileResult(job, summary, text, summary["exit_code"], line)

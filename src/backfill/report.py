@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 import time
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -94,14 +95,43 @@ def format_plan(result: PlanResult) -> str:
     return "\n".join(out)
 
 
+INVALID_ROW: Final = "invalid_row"  # a bad cell: reported, while the rest of its row goes on
+
+
+@dataclass(frozen=True)
+class RowOutcomes:
+    """Every source row, counted once: ``landed`` (all of it), ``landed_in_part`` (a cell was
+    rejected; the rest landed), ``not_landed`` (unresolved, unreadable, or its request failed)
+    and ``not_sent_yet`` (an interrupted run's pending requests). ``lines``: errors.csv's lines
+    per outcome."""
+
+    read: int
+    landed: int
+    landed_in_part: int
+    not_landed: int
+    not_sent_yet: int
+    lines: dict[str, int]
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 def write_errors(
-    rejects: Path, rows: Path, failures: list[tuple[Any, ...]], files: list[str], path: Path
-) -> int:
-    """errors.csv: every source row that did not land, fixable and re-feedable.
+    rejects: Path,
+    rows: Path,
+    failures: list[tuple[Any, ...]],
+    files: list[str],
+    path: Path,
+    *,
+    read: int,
+    unsent: list[str],
+) -> RowOutcomes:
+    """errors.csv: every source row that did not land, or landed without a rejected cell.
 
     Rows rejected while planning come from rejects.csv; rows behind a request that failed come
     from rows.parquet (which rows fed which target), one line per row with the request's
-    outcome, HTTP status, Twilio code, message and attempts. Returns the number of rows named.
+    outcome, HTTP status, Twilio code, message and attempts. ``unsent``: targets whose requests
+    are still to send (an interrupted run), whose rows count as not sent yet.
     """
     planned = pl.read_csv(rejects, infer_schema=False).select(
         pl.col("file"),
@@ -115,6 +145,7 @@ def write_errors(
         pl.lit(None, pl.Int64).alias("attempts"),
     )
     parts = [planned]
+    names = dict(enumerate(files))
     if failures:
         failed = pl.DataFrame(
             failures,
@@ -130,13 +161,12 @@ def write_errors(
             ],
             orient="row",
         ).with_columns(pl.col("key").str.replace(r"#\d+$", "").alias(TARGET))
-        names = dict(enumerate(files))
         sent = (
             pl.scan_parquet(rows)
             .join(failed.lazy(), on=TARGET, how="inner")
             .select(
                 pl.col(FILE).replace_strict(names, return_dtype=pl.String).alias("file"),
-                pl.col(ROW).alias("row"),
+                pl.col(ROW).cast(pl.UInt32).alias("row"),
                 pl.col("identifiers"),
                 pl.coalesce("sent_to", "profile_id").alias("profile_id"),
                 pl.col("outcome"),
@@ -157,7 +187,34 @@ def write_errors(
     )
     private_file(path)
     frame.write_csv(path)
-    return frame.select(pl.struct("file", "row").n_unique()).item() if frame.height else 0
+    per_row = frame.group_by("file", "row").agg(
+        (pl.col("outcome") != INVALID_ROW).any().alias("lost")
+    )
+    pending = pl.DataFrame(schema={"file": pl.String, "row": pl.UInt32})
+    if unsent:
+        pending = (
+            pl.scan_parquet(rows)
+            .filter(pl.col(TARGET).is_in(unsent))
+            .select(
+                pl.col(FILE).replace_strict(names, return_dtype=pl.String).alias("file"),
+                pl.col(ROW).cast(pl.UInt32).alias("row"),
+            )
+            .unique()
+            .collect()
+        )
+    lost = per_row.filter(pl.col("lost")).select("file", "row")
+    partial = per_row.filter(~pl.col("lost")).select("file", "row")
+    not_sent = pending.join(lost, on=["file", "row"], how="anti").height
+    in_part = partial.join(pending, on=["file", "row"], how="anti").height
+    lines = dict(frame.group_by("outcome").len().sort("outcome").iter_rows())
+    return RowOutcomes(
+        read=read,
+        landed=max(0, read - lost.height - in_part - not_sent),
+        landed_in_part=in_part,
+        not_landed=lost.height,
+        not_sent_yet=not_sent,
+        lines={str(k): int(v) for k, v in lines.items()},
+    )
 
 
 def write_private(path: Path, text: str) -> None:
@@ -169,21 +226,40 @@ def format_run(summary: dict[str, Any]) -> str:
     """report.md, and what ``backfill run`` prints: the same facts for people."""
     u, r, q, t = summary["units"], summary["rows"], summary["requests"], summary["rate"]
     n = "{:,}".format
-    verdict = {
-        0: "Everything landed.",
-        1: f"{n(r['not_landed'])} source rows did not land: see {summary['files']['errors']}.",
-        130: "Interrupted: run the same command again to continue where it stopped.",
-    }.get(summary["exit_code"], "")
+    errors = summary["files"]["errors"]
+    if summary["exit_code"] == 130:
+        verdict = "Interrupted: run the same command again to continue where it stopped."
+    elif r["not_landed"]:
+        verdict = f"{n(r['not_landed'])} source rows did not land: see {errors}."
+    elif r["landed_in_part"]:
+        verdict = f"Every source row landed, {n(r['landed_in_part'])} of them without a rejected"
+        verdict += f" cell: see {errors}."
+    elif r["read"] == 0:
+        verdict = "The extract had no rows: nothing to send."
+    else:
+        verdict = "Everything landed."
     lines = [
         f"# backfill run: {summary['job']}",
         "",
-        f"{verdict}",
+        verdict,
         "",
-        "| | |",
+        "| source rows | |",
         "|---|---:|",
-        f"| source rows | {n(r['read'])} |",
-        f"| rows not landed | {n(r['not_landed'])} |",
-        f"| requests planned | {n(u['total'])} |",
+        f"| read | {n(r['read'])} |",
+        f"| landed | {n(r['landed'])} |",
+        f"| landed in part (a cell rejected, the rest sent) | {n(r['landed_in_part'])} |",
+        f"| not landed | {n(r['not_landed'])} |",
+    ]
+    if r["not_sent_yet"]:
+        lines.append(f"| not sent yet | {n(r['not_sent_yet'])} |")
+    if r["lines"]:
+        lines += ["", f"| lines in {errors} by outcome | |", "|---|---:|"]
+        lines += [f"| {name} | {n(count)} |" for name, count in r["lines"].items()]
+    lines += [
+        "",
+        "| requests | |",
+        "|---|---:|",
+        f"| planned | {n(u['total'])} |",
         f"| profiles updated | {n(u['updated'])} |",
         f"| profiles created | {n(u['created'])} |",
         f"| profile not found | {n(u['profile_not_found'])} |",
@@ -199,11 +275,33 @@ def format_run(summary: dict[str, Any]) -> str:
         f"ending at {t['final']:.1f}/s) |",
         f"| delivery time | {summary['seconds']:.1f} s |",
     ]
+    if summary.get("sessions", 1) > 1:
+        lines.append(f"| invocations (the run was resumed) | {n(summary['sessions'])} |")
     if summary["resumed"]:
         lines.append(f"| resumed units (were in flight when the last run stopped) | "
                      f"{n(summary['resumed'])} |")  # fmt: skip
     lines += ["", f"Files: {', '.join(summary['files'].values())}."]
     return "\n".join(lines) + "\n"
+
+
+def format_run_line(summary: dict[str, Any]) -> str:
+    """The one line ``--quiet`` prints: enough for a cron log."""
+    r = summary["rows"]
+    n = "{:,}".format
+    pending = f", {n(r['not_sent_yet'])} not sent yet" if r["not_sent_yet"] else ""
+    return (
+        f"backfill: {summary['job']}: exit {summary['exit_code']}; {n(r['read'])} rows: "
+        f"{n(r['landed'])} landed, {n(r['landed_in_part'])} landed in part, "
+        f"{n(r['not_landed'])} not landed{pending}; report {summary['files']['report']}"
+    )
+
+
+def format_nothing_to_send(last: dict[str, Any]) -> str:
+    """A resume or retry that found every unit finished: the last report stands."""
+    return (
+        f"Nothing to send: every request of the last run of {last['job']} has finished "
+        f"(exit {last['exit_code']}). Its report stands: {last['files']['report']}.\n"
+    )
 
 
 def format_status(summary: dict[str, Any]) -> str:
