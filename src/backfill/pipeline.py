@@ -228,6 +228,11 @@ def build_plan(
         rejects_path = folder / "rejects.csv"
         rejects = write_rejects(job, resolved, files, rejects_path)
         summary = _summary(job, resolved, plan_path, len(files), rejects, stats, started)
+    except pl.exceptions.PolarsError as exc:  # reading is translated in source; this is ours
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise StorageError(f"cannot plan {job.path} into {folder}: {first}") from exc
+    except OSError as exc:
+        raise StorageError(f"cannot plan {job.path} into {folder}: {exc}") from exc
     finally:
         shutil.rmtree(spill, ignore_errors=True)
     plan_id = uuid.uuid4().hex

@@ -533,7 +533,7 @@ class SchemaResult:
 def schema(job_path: Path | str, *, apply: bool = False, prune: bool = False) -> SchemaResult:
     """``backfill schema JOB [--apply [--prune]]``: the diff, and with ``apply`` the fix."""
     from backfill.checkpoint import RunLock
-    from backfill.files import private_dir
+    from backfill.files import output_folder
     from backfill.pipeline import run_async  # imported here: pipeline will import this module
     from backfill.target import open_target
 
@@ -554,6 +554,10 @@ def schema(job_path: Path | str, *, apply: bool = False, prune: bool = False) ->
 
     # The embedded emulator keeps its state in the output folder, which a run may be using.
     embedded = job.connection.embedded
-    lock = RunLock(private_dir(job.output_dir), "schema") if embedded else nullcontext()
-    with lock, open_target(job) as t:
+    folder = output_folder(job.output_dir) if embedded else nullcontext(job.output_dir)
+    with (
+        folder as out,
+        RunLock(out, "schema") if embedded else nullcontext(),
+        open_target(job) as t,
+    ):
         return run_async(lambda: main(t.client(job)))
