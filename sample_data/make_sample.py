@@ -749,6 +749,20 @@ def oracle(rows: list[dict[str, str]], world: World) -> dict[str, Any]:
     traits: dict[str, dict[str, dict[str, Any]]] = {}
     for (target, group, trait), (_, value) in sorted(best.items()):
         traits.setdefault(target, {}).setdefault(group, {})[trait] = value
+    # What a canonical profile holds once the units of profiles merged into it have landed too:
+    # per trait, the later row's value, whichever unit was sent first.
+    merged_into = {p["id"]: p["mergedInto"] for p in world.seed_profiles if "mergedInto" in p}
+    landed: dict[tuple[str, str, str], tuple[tuple[int, str, int], Any]] = {}
+    for (target, group, trait), (order, value) in best.items():
+        canonical = merged_into.get(target)
+        if canonical is None and target not in merged_into.values():
+            continue
+        slot = (canonical or target, group, trait)
+        if slot not in landed or landed[slot][0] < order:
+            landed[slot] = (order, value)
+    after_merges: dict[str, dict[str, dict[str, Any]]] = {}
+    for (target, group, trait), (_, value) in sorted(landed.items()):
+        after_merges.setdefault(target, {}).setdefault(group, {})[trait] = value
     counts = {k: 0 for k in ("profile_id", "identity_map", "lookup", "unresolved", "ambiguous",
                              "conflict")}  # fmt: skip
     for outcome in outcomes.values():
@@ -769,6 +783,7 @@ def oracle(rows: list[dict[str, str]], world: World) -> dict[str, Any]:
         "row_outcomes": outcomes,
         "invalid": invalid,
         "profile_traits": traits,
+        "after_merges": after_merges,
     }
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -248,3 +250,133 @@ async def test_a_checkpoint_that_cannot_be_written_stops_delivery(tmp_path: Path
     assert caught.group_contains(BackfillError, match="disk is full")
     counts = db.counts()
     assert counts[IN_FLIGHT] + counts[DONE] == sent <= 4
+
+
+# ------------------------------------------------------------- merged profiles, exact order
+
+A = "mem_profile_01jtest000000000000000000a"  # canonical
+D = "mem_profile_01jtest000000000000000000d"  # merged into A in the test seed
+
+
+def merge_plan(tmp_path: Path, url: str) -> Path:
+    """A's own unit and D's (merged into A) each hold one trait with the later row: tier is
+    later in D's, points in A's."""
+    from backfill.pipeline import plan
+
+    (tmp_path / "rows.csv").write_text(
+        "profile_id,updated_at,tier,points\n"
+        f"{A},2026-01-02,bronze,5\n{D},2026-01-03,silver,\n{D},2026-01-01,,7\n"
+    )
+    job = tmp_path / "job.toml"
+    job.write_text(
+        f'name = "merge"\n[connection]\nbase_url = "{url}"\nstore_id = "{STORE}"\n'
+        '[source]\npaths = ["rows.csv"]\norder_by = "updated_at"\n'
+        '[identity]\nprofile_id_column = "profile_id"\n'
+        '[traits.Loyalty]\ntier = "tier"\npoints = { column = "points", type = "NUMBER" }\n'
+        '[output]\ndir = "out"\n'
+    )
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(tmp_path)
+        plan(job, offline=True, quiet=True)
+    return job
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("first", [A, D])
+async def test_a_redirected_unit_keeps_the_later_row_per_trait(
+    emulator: Any, tmp_path: Path, first: str
+) -> None:
+    """Whichever unit goes first (and with both workers free to send at once), the canonical
+    profile ends with the later row's value per trait; a resumed delivery decides the same."""
+    job_path = merge_plan(tmp_path, emulator.url)
+    plan_path = tmp_path / "out" / "plan" / "plan.parquet"  # where `backfill plan` writes
+    units = pl.read_parquet(plan_path)
+    ordered = units.sort(pl.col("profile_id") != first)  # `first` leads the plan
+    ordered.write_parquet(tmp_path / "ordered.parquet")
+    db = RunDB(tmp_path / "run.sqlite")
+    db.replace_units(tmp_path / "ordered.parquet")
+    job = load_job(job_path)
+    user, password = emulator.auth
+    async with MemoryClient(emulator.url, Credentials(user, password), concurrency=2) as client:
+        await deliver(job, client, db, stop=anyio.Event())
+        assert db.counts()[DONE] == 2
+        # Both sent again over what landed (as if both were in flight at a kill -9 before
+        # anything was recorded): the same end state.
+        db.replace_units(tmp_path / "ordered.parquet")
+        await deliver(job, client, db, stop=anyio.Event())
+        reply = await client.request("GET", f"/v1/Stores/{STORE}/Profiles/{A}")
+    assert reply.body["traits"]["Loyalty"] == {"tier": "silver", "points": 5}
+
+
+def test_without_older_drops_only_traits_a_later_row_holds() -> None:
+    """Per trait, the unit's value goes unless another unit holds a later (order, file, row)."""
+    from backfill.plan import unit_orders
+    from backfill.send import without_older
+
+    job = job_with()
+    names = [(t.group, t.trait) for t in job.traits]
+    tier, points = names.index(("Loyalty", "tier")), names.index(("Loyalty", "points"))
+    body = '{"traits":{"Loyalty":{"tier":"gold","points":3}}}'
+    mine = unit_orders(json.dumps({f"o{tier}": 5, f"p{tier}": 9, f"o{points}": 5,
+                                   f"p{points}": 9}))  # fmt: skip
+    later_tier = unit_orders(json.dumps({f"o{tier}": 5, f"p{tier}": 10}))  # same time, later row
+    older = unit_orders(json.dumps({f"o{tier}": 4, f"p{tier}": 99, f"o{points}": None,
+                                    f"p{points}": 1}))  # fmt: skip
+    assert without_older(job, body, mine, [older]) == body
+    assert json.loads(without_older(job, body, mine, [later_tier]) or "") == {
+        "traits": {"Loyalty": {"points": 3}}
+    }
+    every = unit_orders(json.dumps({f"o{tier}": 6, f"p{tier}": 0, f"o{points}": 6,
+                                    f"p{points}": 0}))  # fmt: skip
+    assert without_older(job, body, mine, [every]) is None
+
+
+# -------------------------------------------------------------------- creates, in isolation
+
+CREATE = Unit(3, "new:email a@b.c#0", None, "create", '{"traits":{"Contact":{"email":"a@b.c"}}}')
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("found", [[NEW], []])
+async def test_a_create_whose_answer_was_lost_asks_lookup_before_posting_again(
+    found: list[str],
+) -> None:
+    """No answer to the POST: the client does not re-send it blindly; Lookup by the keyed
+    identifier decides: the profile found is PATCHed, none found is POSTed again."""
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(f"{request.method} {request.url.path.rsplit('/', 1)[1]}")
+        if request.url.path.endswith("Lookup"):
+            assert json.loads(request.content) == {"idType": "email", "value": "a@b.c"}
+            return httpx.Response(200, json={"normalizedValue": "a@b.c", "profiles": found})
+        if request.method == "POST" and seen.count("POST Profiles") == 1:
+            raise httpx.ReadTimeout("lost")
+        return httpx.Response(202, json={"id": NEW, "message": "ok"})
+
+    async with MemoryClient(
+        "http://127.0.0.1:9",
+        Credentials("AC00000000000000000000000000000000", "secret"),
+        transport=httpx.MockTransport(handler),
+        retry=RetryPolicy(max_attempts=3, base=0.001, cap=0.001),
+    ) as client:
+        result = await send_unit(job_with(), client, CREATE)
+    again = f"PATCH {NEW}" if found else "POST Profiles"
+    assert seen == ["POST Profiles", "POST Lookup", again]
+    assert (result.state, result.outcome, result.sent_to) == (DONE, "created", NEW)
+
+
+@pytest.mark.anyio
+async def test_a_create_claimed_before_asks_lookup_first() -> None:
+    """A create unit in flight when a run was killed may have landed: Lookup before any POST;
+    when Lookup cannot answer, nothing is POSTed and the unit fails with the reason."""
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(f"{request.method} {request.url.path.rsplit('/', 1)[1]}")
+        return httpx.Response(503, json={"code": 20503, "message": "Service Unavailable"})
+
+    result, _ = await send_one(handler, replace(CREATE, claims=1))
+    assert seen == ["POST Lookup"]
+    assert (result.state, result.outcome) == (FAILED, "failed")
+    assert "cannot tell whether an earlier attempt created" in (result.message or "")

@@ -9,6 +9,10 @@ in the same transaction that records its previous unit's result, and sends nothi
 commit returns; so at any instant at most ``concurrency`` units are in flight, and a run killed
 at any line re-sends at most those (``reset_in_flight`` puts them back to pending), which PATCH
 tolerates. Commits are grouped across workers, so durability costs one fsync per batch.
+
+A create (POST) does not tolerate it: a unit read back with ``claims`` > 0 may have reached the
+service before, so delivery asks Lookup before creating again (``send``). What a create made is
+its unit's ``sent_to``, which later chunks of the same person PATCH.
 """
 
 from __future__ import annotations
@@ -56,7 +60,8 @@ CREATE TABLE IF NOT EXISTS units (
     attempts INTEGER NOT NULL DEFAULT 0,
     sent_to TEXT,                    -- the canonical profile after a 308, or the created one
     claims INTEGER NOT NULL DEFAULT 0,  -- times claimed for sending; > 1 means re-sent
-    finished_at REAL
+    finished_at REAL,
+    orders TEXT                      -- per trait, the winning row's sort key (plan.unit_orders)
 );
 CREATE INDEX IF NOT EXISTS units_by_state ON units (state, seq);
 """
@@ -86,6 +91,13 @@ class Unit:
     profile_id: str | None
     action: str
     body: str
+    claims: int = 0  # times claimed before: > 0 means it may have been sent already
+    orders: str | None = None  # plan.unit_orders' JSON
+
+    @property
+    def target(self) -> str:
+        """The profile ID, or the ``new:...`` target of a profile to create."""
+        return self.profile_id if self.profile_id is not None else self.key.rpartition("#")[0]
 
 
 @dataclass(frozen=True)
@@ -204,6 +216,9 @@ class RunDB:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(SCHEMA)
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(units)")}
+            if "orders" not in columns:  # a run file from before orders were planned
+                self._db.execute("ALTER TABLE units ADD COLUMN orders TEXT")
         except (OSError, sqlite3.Error, StorageError) as exc:
             raise StorageError(f"cannot open the run file {path}: {exc}") from exc
 
@@ -255,11 +270,15 @@ class RunDB:
         count = 0
         with self._transaction():
             self._db.execute("DELETE FROM units")
-            for frame in pl.scan_parquet(plan_path).collect_batches(chunk_size=50_000):
-                rows = frame.select("key", "profile_id", "action", "body", "hash", "rows").rows()
+            plan = pl.scan_parquet(plan_path)
+            if "orders" not in plan.collect_schema():  # planned without (reconcile --fix)
+                plan = plan.with_columns(pl.lit(None, pl.String).alias("orders"))
+            for frame in plan.collect_batches(chunk_size=50_000):
+                columns = ("key", "profile_id", "action", "body", "hash", "rows", "orders")
+                rows = frame.select(columns).rows()
                 self._db.executemany(
-                    "INSERT INTO units (key, profile_id, action, body, hash, rows) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO units (key, profile_id, action, body, hash, rows, orders) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
                     rows,
                 )
                 count += len(rows)
@@ -275,7 +294,7 @@ class RunDB:
 
     def pending(self, after_seq: int, limit: int) -> list[Unit]:
         rows = self._db.execute(
-            "SELECT seq, key, profile_id, action, body FROM units "
+            "SELECT seq, key, profile_id, action, body, claims, orders FROM units "
             "WHERE state = ? AND seq > ? ORDER BY seq LIMIT ?",
             (PENDING, after_seq, limit),
         ).fetchall()
@@ -338,6 +357,27 @@ class RunDB:
             "ORDER BY seq"
         )
         return {key.rpartition("#")[0]: sent_to for key, sent_to in rows}
+
+    def landed_remaps(self) -> dict[str, list[str | None]]:
+        """Per canonical profile, the ``orders`` of units that a 308 sent there and that
+        landed: what a later send to that profile must not overwrite with older rows."""
+        found: dict[str, list[str | None]] = {}
+        for sent_to, orders in self._db.execute(
+            "SELECT sent_to, orders FROM units WHERE action = 'patch' AND sent_to IS NOT NULL "
+            "AND state = ? ORDER BY seq",
+            (DONE,),
+        ):
+            found.setdefault(sent_to, []).append(orders)
+        return found
+
+    def planned_orders(self, profile_id: str) -> list[str | None]:
+        """The ``orders`` of the units planned for ``profile_id`` itself (its chunks), read by
+        the unique key index (``<profile>#<chunk>``)."""
+        rows = self._db.execute(
+            "SELECT orders FROM units WHERE key > ? AND key < ? AND profile_id = ?",
+            (profile_id + "#", profile_id + "$", profile_id),
+        )
+        return [orders for (orders,) in rows]
 
     def remaps(self) -> int:
         return int(

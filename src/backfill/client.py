@@ -26,8 +26,8 @@ import os
 import random
 import re
 from collections import Counter
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import Any, Final, Protocol
 from urllib.parse import quote
@@ -50,6 +50,9 @@ CREDENTIAL_VARIABLES = (
 )
 
 RETRY_STATUSES = frozenset({429, 500, 503})
+# Answers after which a write may or may not have been applied: no answer at all, or a 500 (the
+# server failed somewhere, perhaps after applying it). 429 and 503 refuse before processing.
+UNKNOWN_OUTCOME = frozenset({None, 500})
 AUTH_STATUSES = frozenset({401, 403})
 _WHOLE_SECONDS = re.compile(r"[0-9]+")  # Retry-After as the API documents it: ^[0-9]+$
 
@@ -430,8 +433,14 @@ class MemoryClient:
         params: Mapping[str, str] | None = None,
         headers: Mapping[str, str] | None = None,
         content: bytes | None = None,
+        unknown: Callable[[], Awaitable[Reply | None]] | None = None,
     ) -> Reply:
         """Send one request, retrying 429/500/503 and transport errors; see the module docstring.
+
+        ``unknown`` is for writes that must not be applied twice (``POST /Profiles``): before
+        re-sending after an attempt whose outcome is unknown (``UNKNOWN_OUTCOME``), it is awaited
+        instead of re-sending blindly; a Reply it returns ends the request (the write is known
+        to have landed, and was dealt with), None re-sends.
 
         The body is ``json`` (encoded as httpx does) or ``content``, JSON already encoded (e.g. a
         planned unit's body, sent as stored); either goes with ``Content-Type: application/json``.
@@ -495,6 +504,10 @@ class MemoryClient:
             if attempt >= self.retry.max_attempts:
                 return reply
             await self._clock.sleep(self.retry.delay(attempt, retry_after, self._rng))
+            if unknown is not None and reply.status in UNKNOWN_OUTCOME:
+                checked = await unknown()
+                if checked is not None:
+                    return replace(checked, attempts=attempt + checked.attempts)
 
     def _auth_error(self, reply: Reply, method: str, path: str) -> AuthError:
         what = (

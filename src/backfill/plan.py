@@ -6,13 +6,17 @@ The job's traits are split once, up front, into chunks that respect the API's li
 groups a request, 99 traits a group: ``chunk_traits``), so a profile's patch is one request per
 chunk it has data for. Every unit gets a stable key (``<profile>#<chunk>``) and a content hash of
 its body (``HASH_SCHEME``), which delivery uses to resume and incremental runs to skip
-unchanged data.
+unchanged data. Each unit also carries ``orders``: per trait it sends, the sort key (order, then
+file and row) of the row that won (``unit_orders``), so delivery can keep "the latest row wins"
+when a 308 sends one profile's unit to another's canonical profile.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 
@@ -107,17 +111,30 @@ def plan_units(job: Job, resolved: pl.LazyFrame) -> pl.LazyFrame:
     must survive that, so those traits are encoded to JSON fragments before grouping.
     """
     deletes = [j for j, t in enumerate(job.traits) if t.nulls == "delete"]
+    ordered = job.source.order_by is not None
+    order = pl.col(ORDER)
+    if ordered and resolved.collect_schema()[ORDER].is_temporal():
+        order = order.to_physical()  # JSON numbers that compare as the sort does
     rows = (
         resolved.filter(pl.col(TARGET).is_not_null())
         .with_columns(
             pl.when(pl.col(present_column(j))).then(encode_trait(job, j)) for j in deletes
         )
         .sort([TARGET, ORDER, FILE, ROW], nulls_last=False)
+        .with_columns(
+            (pl.col(FILE).cast(pl.UInt64) * 2**32 + pl.col(ROW).cast(pl.UInt64)).alias(_POS)
+        )
     )
     aggs: list[pl.Expr] = [pl.len().cast(pl.UInt32).alias("rows")]
     for j in range(len(job.traits)):
         column = _fragment_column(j) if j in deletes else value_column(j)
         aggs.append(pl.col(column).last(ignore_nulls=True))
+        # The winning row is the last that sends the trait. Its order is the last non-null
+        # order among those rows: nulls sort first, so a null there means every one was null.
+        sends = pl.col(column).is_not_null()
+        aggs.append(pl.when(sends).then(pl.col(_POS)).last(ignore_nulls=True).alias(_kp(j)))
+        if ordered:
+            aggs.append(pl.when(sends).then(order).last(ignore_nulls=True).alias(_ko(j)))
     # Rows arrive sorted by target: keeping first-seen order yields the units in target order
     # (then chunk), deterministic without a second sort.
     grouped = (
@@ -129,7 +146,47 @@ def plan_units(job: Job, resolved: pl.LazyFrame) -> pl.LazyFrame:
             if j not in deletes
         )
     )
-    return units_from_fragments(job, grouped, carry=["rows"])
+    return units_from_fragments(job, grouped, carry=["rows"], orders=True)
+
+
+_POS = "__pos"  # a row's place in the extract: file << 32 | row
+
+
+def _kp(j: int) -> str:
+    return f"__kp_{j}"
+
+
+def _ko(j: int) -> str:
+    return f"__ko_{j}"
+
+
+def _orders(job: Job, chunk: list[int], ordered: bool) -> pl.Expr:
+    """JSON ``{"o<j>": order, "p<j>": position}`` of the winning row of each trait ``j`` the
+    chunk sends (null for a trait it does not send); read back by ``unit_orders``."""
+    fields: list[pl.Expr] = []
+    for j in chunk:
+        sent = pl.col(_fragment_column(j)).is_not_null()
+        order = pl.col(_ko(j)) if ordered else pl.lit(None, pl.Int64)
+        fields.append(pl.when(sent).then(order).alias(f"o{j}"))
+        fields.append(pl.when(sent).then(pl.col(_kp(j))).alias(f"p{j}"))
+    return pl.struct(fields).struct.json_encode()
+
+
+OrderKey = tuple[bool, Any, int]  # (has an order, the order, file << 32 | row): compares as sorted
+
+
+def unit_orders(orders: str | None) -> dict[int, OrderKey]:
+    """Per trait index the unit sends, the sort key of the row its value came from; keys of
+    two units compare as plan.py's rule (order_by, nulls first, then file, then row)."""
+    if not orders:
+        return {}
+    data: dict[str, Any] = json.loads(orders)
+    keys: dict[int, OrderKey] = {}
+    for name, position in data.items():
+        if name.startswith("p") and position is not None:
+            order = data.get("o" + name[1:])
+            keys[int(name[1:])] = (order is not None, order, int(position))
+    return keys
 
 
 def encode_trait(job: Job, j: int) -> pl.Expr:
@@ -139,18 +196,23 @@ def encode_trait(job: Job, j: int) -> pl.Expr:
 
 
 def units_from_fragments(
-    job: Job, fragments: pl.LazyFrame, carry: Sequence[str] = ()
+    job: Job, fragments: pl.LazyFrame, carry: Sequence[str] = (), orders: bool = False
 ) -> pl.LazyFrame:
     """Request units from one row per target holding each trait's fragment (null: not sent):
     one body per target and chunk that sends anything, with its key, action and content hash.
-    Also what ``reconcile --fix`` uses, so a fix is encoded exactly as a plan."""
+    Also what ``reconcile --fix`` uses, so a fix is encoded exactly as a plan. With ``orders``,
+    ``fragments`` also holds ``plan_units``' per-trait key columns, and units an ``orders``
+    column."""
     chunks = chunk_traits([(t.group, t.trait) for t in job.traits])
+    ordered = job.source.order_by is not None
+    with_orders = ["orders"] if orders else []
     per_chunk = [
         fragments.select(
             pl.col(TARGET),
             pl.lit(c, pl.UInt16).alias("chunk"),
             _body(job, chunk).alias("body"),
             *(pl.col(name) for name in carry),
+            *([_orders(job, chunk, ordered).alias("orders")] if orders else []),
         ).filter(pl.col("body").is_not_null())
         for c, chunk in enumerate(chunks)
     ]
@@ -163,7 +225,7 @@ def units_from_fragments(
         pl.col("chunk"),
         pl.col("body"),
         _content_hash(pl.col("body")).alias("hash"),
-        *(pl.col(name) for name in carry),
+        *(pl.col(name) for name in [*carry, *with_orders]),
     )
 
 
