@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from backfill.errors import InvalidIdentifierError
-from backfill.normalize import normalize
+from backfill.normalize import SPACE_CHARS, normalize
 
 
 @pytest.mark.parametrize(
@@ -82,3 +84,25 @@ def test_email_normalization_is_idempotent(value: str) -> None:
     except InvalidIdentifierError:
         return
     assert normalize(once, "email") == once
+
+
+def test_space_chars_are_what_str_strip_removes() -> None:
+    """SPACE_CHARS (what the vectorized path strips) is exactly str.isspace() on this runtime."""
+    spaces = "".join(chr(c) for c in range(sys.maxunicode + 1) if chr(c).isspace())
+    assert spaces == SPACE_CHARS
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [("+6591234567", "+6591234567"), ("+45 32 12 34 56", "+4532123456"), ("+1 (317) 555-6789",
+     "+13175556789")],
+)  # fmt: skip
+def test_plus_keeps_its_country_code(raw: str, expected: str) -> None:
+    """A "+" and a country code other than 1 is that country's number (issue 9)."""
+    assert normalize(raw, "phone") == expected
+
+
+def test_plus_with_a_code_too_short_for_its_country_is_rejected() -> None:
+    """+212 is Morocco, whose numbers have 9 digits: +2125551234 is no one's, not a US number."""
+    with pytest.raises(InvalidIdentifierError):
+        normalize("+2125551234", "phone")

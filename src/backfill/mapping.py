@@ -15,13 +15,14 @@ identifier or null); ``__order`` (sort key or null); ``__v_j`` (typed trait valu
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import polars as pl
 
 from backfill.config import Identifier, Job, TraitMapping
 from backfill.errors import InvalidIdentifierError
-from backfill.normalize import normalize
+from backfill.normalize import SPACE_CHARS, normalize, phone_countries, reads_national_as_nanp
 from backfill.source import FILE, ROW
 
 PID = "__pid"
@@ -30,9 +31,19 @@ INVALID = "__invalid"
 PROFILE_ID_PATTERN = r"^mem_profile_[0-7][0-9a-z]{25}$"
 TRUE = ("true", "yes", "y", "t", "1")
 FALSE = ("false", "no", "n", "f", "0")
-# US numbers the vectorized path settles exactly as phonenumbers would: optional +1 or 1, an area
-# code starting 2-9, and the usual separators. Everything else goes to phonenumbers itself.
-US_PHONE = r"^\+?(?:1[\s.\-]?)?\(?([2-9]\d{2})\)?[\s.\-]?(\d{3})[\s.\-]?(\d{4})$"
+# Phone shapes the vectorized path settles exactly as normalize() does (tests/
+# test_identifier_agreement.py proves it over every region phonenumbers knows); anything else goes
+# to phonenumbers once per distinct value. ASCII digits and " .-" only: polars' \d and \s are
+# Unicode-wide, phonenumbers' separators are not the same set.
+_SEP = r"[ .\-]"
+# A US-shaped number: optional 1 or +1 (a "+" not followed by 1 is another country), an area code
+# starting 2-9. The +1 is required under a region that does not read national numbers as the US.
+US_PHONE = rf"^(?:\+?1{_SEP}?)?\(?([2-9][0-9]{{2}})\)?{_SEP}?([0-9]{{3}}){_SEP}?([0-9]{{4}})$"
+PLUS_ONE_PHONE = rf"^\+1{_SEP}?\(?([2-9][0-9]{{2}})\)?{_SEP}?([0-9]{{3}}){_SEP}?([0-9]{{4}})$"
+# +<country code><national number>, digit groups split by one separator.
+PLUS_PHONE = rf"^\+[0-9]+(?:{_SEP}[0-9]+)*$"
+# A country code written without "+" (a US-reading region only; a leading 0 or 1 is a prefix).
+BARE_PHONE = rf"^[2-9][0-9]*(?:{_SEP}[0-9]+)*$"
 
 
 def identifier_column(k: int) -> str:
@@ -118,46 +129,43 @@ def _trait(j: int, mapping: TraitMapping, dtype: pl.DataType) -> tuple[pl.Expr, 
     return text, None
 
 
-def _identifier(identifier: Identifier, dtype: pl.DataType) -> pl.Expr:
-    """Vectorized normalization; phones outside the US fast path are left for ``_phones``."""
-    text = _text(identifier.column, dtype)
-    if identifier.normalization == "email":
-        return text.str.replace_all(r"\s+", "").str.to_lowercase()
-    if identifier.normalization == "phone":
-        if identifier.default_region != "US":
-            return pl.lit(None, pl.String)
-        parts = text.str.extract_groups(US_PHONE)
-        return pl.concat_str(
-            pl.lit("+1"),
-            parts.struct.field("1"),
-            parts.struct.field("2"),
-            parts.struct.field("3"),
-        )
-    if identifier.normalization == "none":
-        return pl.when(text.is_not_null()).then(pl.col(identifier.column).cast(pl.String))
-    return text  # trim
-
-
 def normalize_column(frame: pl.DataFrame, identifier: Identifier) -> pl.Series:
     """``identifier.column`` of ``frame`` normalized; null where blank or rejected.
 
-    Vectorized for every rule; phone numbers the US fast path cannot settle are normalized once
-    per distinct value with phonenumbers (the same code the emulator uses).
+    Equal to ``normalize()`` on every non-blank cell (blank: nothing left after ``str.strip()``).
+    Polars expressions settle what they can decide exactly; the rest (non-ASCII emails, phone
+    shapes outside the vectorized rules) goes to ``normalize()`` once per distinct value.
     """
-    fast = frame.select(_identifier(identifier, frame.schema[identifier.column])).to_series()
-    if identifier.normalization != "phone":
-        return fast
-    raw = frame.get_column(identifier.column).cast(pl.String).str.strip_chars()
-    open_ = fast.is_null() & (raw.str.len_chars() > 0)
-    if not open_.any():
-        return fast
-    answers: dict[str, str | None] = {}
-    for value in raw.filter(open_).unique().to_list():
-        try:
-            answers[value] = normalize(value, "phone", identifier.default_region)
-        except InvalidIdentifierError:
-            answers[value] = None
-    return fast.fill_null(raw.replace_strict(answers, default=None, return_dtype=pl.String))
+    values = frame.get_column(identifier.column)
+    if values.dtype != pl.String:
+        values = values.cast(pl.String)
+    text = values.str.strip_chars(SPACE_CHARS)
+    text = pl.select(pl.when(text.str.len_bytes() > 0).then(text)).to_series()
+    if identifier.normalization == "trim":
+        return text.alias(identifier.column)
+    if identifier.normalization == "none":
+        return pl.select(pl.when(text.is_not_null()).then(values)).to_series()
+    if identifier.normalization == "email":
+        settled = _emails(text)
+    elif identifier.normalization == "phone":
+        settled = _phones(text, identifier.default_region)
+    else:
+        raise InvalidIdentifierError(f"unknown normalization {identifier.normalization!r}")
+    # settled: the answer, "" where rejected, null where only normalize() can say.
+    open_ = settled.is_null() & text.is_not_null()
+    if open_.any():
+        answers: dict[str, str] = {}
+        for value in text.filter(open_).unique().to_list():
+            try:
+                answers[value] = normalize(
+                    value, identifier.normalization, identifier.default_region
+                )
+            except InvalidIdentifierError:
+                answers[value] = ""
+        settled = settled.fill_null(
+            text.replace_strict(answers, default=None, return_dtype=pl.String)
+        )
+    return pl.select(pl.when(settled.str.len_bytes() > 0).then(settled)).to_series()
 
 
 def map_batch(job: Job, batch: pl.DataFrame) -> pl.DataFrame:
@@ -277,3 +285,89 @@ def mapped_columns(job: Job) -> list[str]:
         + [c for j in range(len(job.traits)) for c in (value_column(j), present_column(j))]
         + [INVALID]
     )
+
+
+# --- identifiers: the vectorized rules behind normalize_column ------------------------------
+# Each returns the normalized value, "" where normalize() rejects the value, or null where it
+# cannot decide exactly (then normalize_column asks normalize() itself).
+
+
+def _emails(text: pl.Series) -> pl.Series:
+    """ASCII addresses: every str.isspace() character removed, lower-cased. Non-ASCII ones are
+    left open: Python's lower() and Rust's differ on letters newer than the runtime's Unicode."""
+    ascii_ = text.str.contains(r"^[\x00-\x7f]*$")
+    cleaned = text.str.replace_all(r"[\t\n\x0b\x0c\r\x1c-\x1f ]+", "").str.to_lowercase()
+    return pl.select(pl.when(ascii_).then(cleaned)).to_series()
+
+
+def _phones(text: pl.Series, region: str) -> pl.Series:
+    """US shapes by regex; ``+<code><digits>`` (and, in a US-reading region, a country code
+    without "+") by phonenumbers' per-country lengths; the rest open."""
+    nanp = reads_national_as_nanp(region)
+    parts = text.str.extract_groups(US_PHONE if nanp else PLUS_ONE_PHONE)
+    out = pl.select(
+        pl.concat_str(pl.lit("+1"), *(parts.struct.field(str(g)) for g in (1, 2, 3)))
+    ).to_series()
+    left = out.is_null() & text.is_not_null()
+    if not left.any():
+        return out
+    rest = pl.DataFrame({"text": text.filter(left)})
+    text_ = pl.col("text")
+    digits = text_.str.replace_all(r"[^0-9]", "")
+    plus = text_.str.contains(PLUS_PHONE)
+    bare = text_.str.contains(BARE_PHONE) if nanp else pl.lit(False)
+    settled = rest.select(
+        pl.when(bare & (digits.str.len_bytes() == 10))
+        .then(pl.concat_str(pl.lit("+1"), digits))  # a US number split oddly: "31 7555 6789"
+        .when(plus | bare)
+        .then(_e164(digits))
+    ).to_series()
+    return out.scatter(left.arg_true(), settled)
+
+
+def _e164(digits: pl.Expr) -> pl.Expr:
+    """``+digits`` if its country code accepts the national number's length, "" if not, null
+    when phonenumbers might rewrite the national number (it starts with a national prefix)."""
+    rules = phone_countries()
+    codes = pl.Series(sorted(rules.codes), dtype=pl.String)
+    first = [digits.str.slice(0, n) for n in (1, 2, 3)]
+    code = (
+        pl.when(first[0].is_in(codes.implode()))
+        .then(first[0])
+        .when(first[1].is_in(codes.implode()))
+        .then(first[1])
+        .when(first[2].is_in(codes.implode()))
+        .then(first[2])
+    )
+    national = digits.str.slice(code.str.len_bytes())
+    length = pl.concat_str(code, pl.lit(":"), national.str.len_bytes().cast(pl.String))
+    lengths = pl.Series(sorted(rules.lengths), dtype=pl.String)
+    return (
+        pl.when(code.is_null())
+        .then(pl.lit(""))
+        .when(
+            pl.concat_str(code, pl.lit("|"), national)
+            .str.extract(_prefix_pattern(), 0)
+            .str.len_bytes()
+            > code.str.len_bytes() + 1
+        )
+        .then(pl.lit(None, pl.String))
+        .when(length.is_in(lengths.implode()))
+        .then(pl.concat_str(pl.lit("+"), digits))
+        .otherwise(pl.lit(""))
+    )
+
+
+@functools.cache
+def _prefix_pattern() -> str:
+    """One regex over ``<code>|<national number>``: its match ends where phonenumbers'
+    national_prefix_for_parsing, matched at the start of the national number (``re.match``),
+    ends (Rust's leftmost-first alternation picks the same match). An empty prefix match
+    rewrites nothing: Argentina's ``0?(...15)?`` matches every number, mostly with nothing."""
+    by_prefix: dict[str, list[str]] = {}
+    for code, prefix in phone_countries().prefixes.items():
+        by_prefix.setdefault(prefix, []).append(code)
+    branches = [
+        f"(?:{'|'.join(sorted(codes))})\\|(?:{prefix})" for prefix, codes in by_prefix.items()
+    ]
+    return f"^(?:{'|'.join(branches)})"

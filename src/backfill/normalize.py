@@ -13,10 +13,13 @@ Rules from the Memory API's identity settings (see shared/memory-api.md):
 
 from __future__ import annotations
 
+import functools
 import re
-from typing import Literal, get_args
+from dataclasses import dataclass
+from typing import Final, Literal, get_args
 
 import phonenumbers
+from phonenumbers.phonemetadata import PhoneMetadata
 
 from backfill.errors import InvalidIdentifierError
 
@@ -24,6 +27,13 @@ Normalization = Literal["phone", "email", "trim", "none"]
 NORMALIZATIONS: tuple[str, ...] = get_args(Normalization)
 
 _SPACES = re.compile(r"\s+")
+# What ``str.strip()`` and ``re``'s ``\s`` treat as white space (``str.isspace``), spelled out so
+# the vectorized path can strip exactly these: Rust's White_Space (polars' ``\s`` and default
+# ``strip_chars``) lacks U+001C..U+001F. tests/test_normalize.py checks it against the runtime.
+SPACE_CHARS: Final = (
+    "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005"
+    "\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
+)
 _NON_DIGITS = re.compile(r"\D")
 
 
@@ -79,3 +89,64 @@ def _parse(text: str, region: str | None) -> phonenumbers.PhoneNumber | None:
         return phonenumbers.parse(text, region)
     except phonenumbers.NumberParseException:
         return None
+
+
+@dataclass(frozen=True)
+class PhoneCountries:
+    """What ``normalize_phone`` decides for ``+<country code><digits>``, as data a vectorized
+    rule can use (see mapping.normalize_column): taken from phonenumbers' own metadata, so the
+    fast path follows the library when its metadata changes.
+
+    - ``codes``: every country calling code phonenumbers knows, as text ("1", "44", "800").
+    - ``lengths``: ``"<code>:<length>"`` for every national number length the code accepts
+      (``is_possible_number``; 10 only for code 1).
+    - ``prefixes``: code -> national_prefix_for_parsing, for the codes that have one. A national
+      number that starts with a match may be rewritten by phonenumbers (the "0" of "+44 020..."),
+      so a fast path must leave it to ``normalize``.
+    """
+
+    codes: frozenset[str]
+    lengths: frozenset[str]
+    prefixes: dict[str, str]
+
+
+@functools.cache
+def phone_countries() -> PhoneCountries:
+    """The per-country rules, computed once (a few ms) from phonenumbers' metadata."""
+    codes: set[str] = set()
+    lengths: set[str] = set()
+    prefixes: dict[str, str] = {}
+    for code in phonenumbers.COUNTRY_CODE_TO_REGION_CODE:
+        region = phonenumbers.region_code_for_country_code(code)
+        metadata = PhoneMetadata.metadata_for_region_or_calling_code(code, region)
+        if metadata is None:
+            continue  # phonenumbers cannot parse these either: left to normalize()
+        codes.add(str(code))
+        if metadata.national_prefix_for_parsing:
+            prefixes[str(code)] = metadata.national_prefix_for_parsing
+        # phonenumbers refuses national numbers shorter than 2 or longer than 17 digits.
+        for length in range(2, 18):
+            if code == 1:
+                possible = length == 10
+            else:
+                number = phonenumbers.PhoneNumber(
+                    country_code=code, national_number=int("5" * length)
+                )
+                possible = phonenumbers.is_possible_number(number)
+            if possible:
+                lengths.add(f"{code}:{length}")
+    return PhoneCountries(frozenset(codes), frozenset(lengths), prefixes)
+
+
+def reads_national_as_nanp(region: str) -> bool:
+    """True when ``region`` reads numbers without ``+`` exactly as the US does: country code 1,
+    national prefix 1 with no rewriting, international prefix 011 (US, CA, PR, ...; not the
+    Caribbean regions that prepend their area code to 7-digit numbers)."""
+    metadata = PhoneMetadata.metadata_for_region(region)
+    return (
+        metadata is not None
+        and metadata.country_code == 1
+        and metadata.national_prefix_for_parsing == "1"
+        and not metadata.national_prefix_transform_rule
+        and metadata.international_prefix == "011"
+    )
