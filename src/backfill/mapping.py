@@ -152,6 +152,10 @@ def _trait(j: int, mapping: TraitMapping, dtype: pl.DataType) -> tuple[pl.Expr, 
     why = pl.concat_str(
         pl.lit(" has "), length.cast(pl.String), pl.lit(f" characters; a STRING holds {MAX_STRING}")
     )
+    if dtype == pl.String:
+        # Over the limit needs over MAX_STRING bytes: only those few cells are stripped again.
+        long = pl.when(pl.col(column).str.len_bytes() > MAX_STRING).then(text)
+        unset = pl.col(value_column(j)).is_null() & long.is_not_null()
     return pl.when(length <= MAX_STRING).then(text), _problem(column, text, unset, why)
 
 
@@ -187,11 +191,13 @@ def _number(col: pl.Expr, dtype: pl.DataType, text: pl.Expr) -> tuple[pl.Expr, p
         value = col.cast(pl.Float64)
         return pl.when(value.is_finite()).then(value), pl.lit(" is not a finite NUMBER")
     parsed = text.cast(pl.Float64, strict=False)
-    # Only a long whole number can be off: parse it again as an integer to see whether it is.
-    whole = pl.when(parsed.abs() >= MAX_EXACT).then(text).cast(pl.Int64, strict=False)
-    inexact = (parsed.abs() >= MAX_EXACT) & text.str.contains(_INTEGER)
-    inexact = inexact & (whole.is_null() | ~whole.is_between(-MAX_EXACT, MAX_EXACT))
-    value = pl.when(parsed.is_finite() & ~inexact).then(parsed)
+    # Only a whole number of 2^53 or more (16 digits) can be off: those few cells are read
+    # again, exactly; the byte length of the others settles it without parsing them twice.
+    raw = col.cast(pl.String)
+    big = pl.when(raw.str.len_bytes() >= 16).then(raw).str.strip_chars()
+    whole = big.cast(pl.Int64, strict=False)
+    exact = ~big.str.contains(_INTEGER) | whole.is_between(-MAX_EXACT, MAX_EXACT).fill_null(False)
+    value = pl.when(parsed.is_finite() & exact.fill_null(True)).then(parsed)
     why = (
         pl.when(parsed.is_null())
         .then(pl.lit(" is not a NUMBER"))
@@ -207,7 +213,7 @@ def _listed(col: pl.Expr, dtype: pl.DataType) -> pl.Expr:
     return col.arr.to_list() if isinstance(dtype, pl.Array) else col
 
 
-def _array(j: int, mapping: TraitMapping, dtype: pl.DataType) -> tuple[pl.Expr, Problem]:
+def _array(j: int, mapping: TraitMapping, dtype: pl.DataType) -> tuple[pl.Expr, Problem | None]:
     """An ARRAY value: split text, a typed list keeping its items' JSON type (numbers stay
     numbers, so what lands equals the source), or one typed cell as a one-item list.
 
@@ -218,17 +224,14 @@ def _array(j: int, mapping: TraitMapping, dtype: pl.DataType) -> tuple[pl.Expr, 
     column = mapping.column
     col = pl.col(column)
     text = _text(column, dtype)
+    typed = isinstance(dtype, pl.List | pl.Array) or (
+        mapping.split is None and (dtype.is_numeric() or dtype == pl.Boolean)
+    )
+    if not typed:
+        return _text_array(j, mapping, dtype, text)
     inner: PolarsDataType
     if isinstance(dtype, pl.List | pl.Array):
         items, inner = _listed(col, dtype), dtype.inner
-    elif (
-        dtype == pl.String
-        or mapping.split is not None
-        or not (dtype.is_numeric() or dtype == pl.Boolean)
-    ):
-        one = pl.when(text.is_not_null()).then(pl.concat_list(text))
-        split = text.str.split(mapping.split) if mapping.split is not None else one
-        items, inner = split, pl.String()
     else:
         items, inner = pl.when(col.is_not_null()).then(pl.concat_list(col)), dtype
     off = pl.lit(False)
@@ -245,24 +248,42 @@ def _array(j: int, mapping: TraitMapping, dtype: pl.DataType) -> tuple[pl.Expr, 
         element = pl.element().cast(pl.String).str.strip_chars()
         blank = element.str.len_chars() == 0
         items = items.list.eval(element.filter(~blank.fill_null(False)))
+    off = off.fill_null(False)
     count = items.list.len()
     holes = items.list.drop_nulls().list.len() < count
-    ok = count.is_between(1, MAX_ITEMS) & ~holes & ~off.fill_null(False)
     flag = pl.col(value_column(j)).is_null() & (count > 0)
     why = (
         pl.when(holes)
         .then(pl.lit(" has null items; the service takes none in an ARRAY"))
-        .when(off.fill_null(False))
+        .when(off)
         .then(pl.lit(why_off))
-        .otherwise(
-            pl.concat_str(
-                pl.lit(" has "),
-                count.cast(pl.String),
-                pl.lit(f" items; an ARRAY holds {MAX_ITEMS}"),
-            )
-        )
+        .otherwise(_too_many(count))
     )
+    ok = count.is_between(1, MAX_ITEMS) & ~holes & ~off
     return pl.when(ok).then(items), _problem(column, text, flag.fill_null(False), why)
+
+
+def _text_array(
+    j: int, mapping: TraitMapping, dtype: pl.DataType, text: pl.Expr
+) -> tuple[pl.Expr, Problem | None]:
+    """An ARRAY of strings from text: split, or the whole cell as one item. Only the item
+    count can be off, and only where the cell holds MAX_ITEMS separators or more."""
+    item = pl.element().str.strip_chars()
+    if mapping.split is None:
+        return pl.when(text.is_not_null()).then(pl.concat_list(text)), None
+    items = text.str.split(mapping.split).list.eval(item.filter(item.str.len_chars() > 0))
+    count = items.list.len()
+    raw = pl.col(mapping.column) if dtype == pl.String else text
+    many = raw.str.count_matches(mapping.split, literal=True) >= MAX_ITEMS
+    flag = pl.col(value_column(j)).is_null() & many.fill_null(False)
+    value = pl.when(count.is_between(1, MAX_ITEMS)).then(items)
+    return value, _problem(mapping.column, text, flag, _too_many(count))
+
+
+def _too_many(count: pl.Expr) -> pl.Expr:
+    return pl.concat_str(
+        pl.lit(" has "), count.cast(pl.String), pl.lit(f" items; an ARRAY holds {MAX_ITEMS}")
+    )
 
 
 def _identifier(identifier: Identifier, dtype: pl.DataType) -> pl.Expr:
