@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import polars as pl
 
@@ -24,6 +25,9 @@ from backfill.config import Identifier, Job, TraitMapping
 from backfill.errors import InvalidIdentifierError
 from backfill.normalize import SPACE_CHARS, normalize, phone_countries, reads_national_as_nanp
 from backfill.source import FILE, ROW
+
+if TYPE_CHECKING:
+    from polars._typing import PolarsDataType
 
 PID = "__pid"
 ORDER = "__order"
@@ -44,6 +48,20 @@ PLUS_ONE_PHONE = rf"^\+1{_SEP}?\(?([2-9][0-9]{{2}})\)?{_SEP}?([0-9]{{3}}){_SEP}?
 PLUS_PHONE = rf"^\+[0-9]+(?:{_SEP}[0-9]+)*$"
 # A country code written without "+" (a US-reading region only; a leading 0 or 1 is a prefix).
 BARE_PHONE = rf"^[2-9][0-9]*(?:{_SEP}[0-9]+)*$"
+# Limits on one trait value (memory-api.md, "Published limits"). The service counts a string's
+# characters as Unicode code points (what polars' len_chars and Python's len count).
+MAX_STRING = 1024
+MAX_ITEMS = 100
+# JSON numbers are IEEE doubles: a whole number beyond 2^53 would land as a different number
+# (12345678901234567891 as ...890), so the service refuses one, and so does mapping.
+MAX_EXACT = 2**53
+_INTEGER = r"^[+-]?\d+$"
+_VALUE_TYPES: dict[str, pl.DataType] = {
+    "STRING": pl.String(),
+    "NUMBER": pl.Float64(),
+    "BOOLEAN": pl.Boolean(),
+    "ARRAY": pl.List(pl.String()),
+}
 
 
 def identifier_column(k: int) -> str:
@@ -59,12 +77,31 @@ def present_column(j: int) -> str:
 
 
 def _text(column: str, dtype: pl.DataType) -> pl.Expr:
-    """The cell as stripped text, null when blank."""
+    """The cell as stripped text, null when blank. Lists and structs read as their JSON and
+    binary as hex: only ever quoted in a report, never sent."""
     expr = pl.col(column)
+    if dtype == pl.Binary:
+        return pl.when(expr.is_not_null()).then(pl.concat_str(pl.lit("0x"), expr.bin.encode("hex")))
+    if _holds_binary(dtype):
+        return pl.when(expr.is_not_null()).then(pl.lit(f"<{dtype}>"))
+    if dtype.is_nested():
+        encoded = pl.struct(expr.alias("v")).struct.json_encode()
+        return pl.when(expr.is_not_null()).then(encoded.str.slice(5).str.strip_suffix("}"))
     if dtype != pl.String:
         expr = expr.cast(pl.String)
     expr = expr.str.strip_chars()
     return pl.when(expr.str.len_chars() > 0).then(expr)
+
+
+def _holds_binary(dtype: PolarsDataType) -> bool:
+    """Binary at any depth (polars cannot write it as JSON, nor cast invalid UTF-8 to text)."""
+    if dtype == pl.Binary:
+        return True
+    if isinstance(dtype, pl.List | pl.Array):
+        return _holds_binary(dtype.inner)
+    if isinstance(dtype, pl.Struct):
+        return any(_holds_binary(f.dtype) for f in dtype.fields)
+    return False
 
 
 def _sample(text: pl.Expr) -> pl.Expr:
@@ -80,8 +117,10 @@ class Problem:
     message: pl.Expr
 
 
-def _problem(column: str, text: pl.Expr, flag: pl.Expr, what: str) -> Problem:
-    return Problem(flag, pl.concat_str(pl.lit(f"{column}: "), _sample(text), pl.lit(what)))
+def _problem(column: str, text: pl.Expr, flag: pl.Expr, what: str | pl.Expr) -> Problem:
+    """``column: "preview" what``; ``what`` may be an expression to say how far off a cell is."""
+    reason = pl.lit(what) if isinstance(what, str) else what
+    return Problem(flag, pl.concat_str(pl.lit(f"{column}: "), _sample(text), reason))
 
 
 def _filled(column: str, dtype: pl.DataType) -> pl.Expr:
@@ -93,40 +132,169 @@ def _filled(column: str, dtype: pl.DataType) -> pl.Expr:
 
 def _trait(j: int, mapping: TraitMapping, dtype: pl.DataType) -> tuple[pl.Expr, Problem | None]:
     """(typed value, the problem a cell can have) for trait ``j``; the problem's flag reads
-    the value column the expression produces, so the rule is not evaluated twice."""
-    text = _text(mapping.column, dtype)
-    col = pl.col(mapping.column)
-    kind = mapping.type
+    the value column the expression produces, so the rule is not evaluated twice.
+
+    Every limit the service puts on one value is checked here: a cell over one is reported and
+    dropped alone, where sending it would fail the profile's whole request with a 400.
+    """
+    column, kind = mapping.column, mapping.type
+    refused = _refused(dtype, kind)
+    if refused is not None:
+        flag = pl.col(column).is_not_null()
+        if isinstance(dtype, pl.List | pl.Array):
+            flag = flag & (_listed(pl.col(column), dtype).list.len() > 0)  # [] is blank
+        value = pl.lit(None, _VALUE_TYPES[kind])
+        return value, _problem(column, _text(column, dtype), flag, refused)
+    if kind == "ARRAY":
+        return _array(j, mapping, dtype)
+    text = _text(column, dtype)
+    unset = _filled(column, dtype) & pl.col(value_column(j)).is_null()
     if kind == "NUMBER":
-        if dtype.is_numeric():
-            value = col.cast(pl.Float64)
-            return pl.when(value.is_finite()).then(value), None
-        # polars' parse takes plain decimal and exponent forms only ("1,200", "0x1" fail);
-        # nan and inf parse, and are refused as not finite.
-        parsed = text.cast(pl.Float64, strict=False)
-        value = pl.when(parsed.is_finite()).then(parsed)
-        flag = _filled(mapping.column, dtype) & pl.col(value_column(j)).is_null()
-        return value, _problem(mapping.column, text, flag, " is not a NUMBER")
+        value, why = _number(pl.col(column), dtype, text)
+        return value, _problem(column, text, unset, why)
     if kind == "BOOLEAN":
         if dtype == pl.Boolean:
-            return col, None
+            return pl.col(column), None
         words = {**dict.fromkeys(TRUE, True), **dict.fromkeys(FALSE, False)}
         value = text.str.to_lowercase().replace_strict(words, default=None, return_dtype=pl.Boolean)
-        flag = _filled(mapping.column, dtype) & pl.col(value_column(j)).is_null()
         what = " is not a BOOLEAN (true/false, yes/no, 1/0)"
-        return value, _problem(mapping.column, text, flag, what)
-    if kind == "ARRAY":
-        if isinstance(dtype, pl.List):
-            items = col.cast(pl.List(pl.String))
-        elif mapping.split is not None:
-            items = text.str.split(mapping.split)
-        else:
-            items = pl.concat_list(text)
-        items = items.list.eval(
-            pl.element().str.strip_chars().filter(pl.element().str.len_chars() > 0)
+        return value, _problem(column, text, unset, what)
+    length = text.str.len_chars()
+    why = pl.concat_str(
+        pl.lit(" has "), length.cast(pl.String), pl.lit(f" characters; a STRING holds {MAX_STRING}")
+    )
+    if dtype == pl.String:
+        # Over the limit needs over MAX_STRING bytes: only those few cells are stripped again.
+        long = pl.when(pl.col(column).str.len_bytes() > MAX_STRING).then(text)
+        unset = pl.col(value_column(j)).is_null() & long.is_not_null()
+    return pl.when(length <= MAX_STRING).then(text), _problem(column, text, unset, why)
+
+
+def _refused(dtype: pl.DataType, kind: str) -> str | None:
+    """Why no cell of a ``dtype`` column can be a ``kind`` value (None: cells are judged one by
+    one). Source refuses these columns at job check; mapping must still never crash on them."""
+    if _holds_binary(dtype):
+        return " is binary data, not text"
+    if isinstance(dtype, pl.Struct) or dtype == pl.Object:
+        return f" is a {dtype.base_type()}; a {kind} trait takes text or a typed value"
+    if isinstance(dtype, pl.List | pl.Array):
+        if kind != "ARRAY":
+            return " is a list; only an ARRAY trait takes one"
+        inner = dtype.inner
+        if isinstance(inner, pl.List | pl.Array):
+            return " is a nested list; the service takes no nested arrays"
+        if inner.is_nested() or inner == pl.Null or inner == pl.Object:
+            return f" holds {inner} items; array items are strings, numbers or booleans"
+    return None
+
+
+def _number(col: pl.Expr, dtype: pl.DataType, text: pl.Expr) -> tuple[pl.Expr, pl.Expr]:
+    """(the cell as a finite Float64 a double holds exactly, or null; why not, where it is not).
+
+    Text takes polars' plain decimal and exponent forms only ("1,200", "0x1" are refused).
+    """
+    beyond = " is a whole number beyond 2^53 that a NUMBER cannot hold exactly (map it as STRING)"
+    if dtype.is_integer():
+        return pl.when(col.is_between(-MAX_EXACT, MAX_EXACT)).then(col.cast(pl.Float64)), pl.lit(
+            beyond
         )
-        return pl.when(items.list.len() > 0).then(items), None
-    return text, None
+    if dtype.is_numeric():
+        value = col.cast(pl.Float64)
+        return pl.when(value.is_finite()).then(value), pl.lit(" is not a finite NUMBER")
+    parsed = text.cast(pl.Float64, strict=False)
+    # Only a whole number of 2^53 or more (16 digits) can be off: those few cells are read
+    # again, exactly; the byte length of the others settles it without parsing them twice.
+    raw = col.cast(pl.String)
+    big = pl.when(raw.str.len_bytes() >= 16).then(raw).str.strip_chars()
+    whole = big.cast(pl.Int64, strict=False)
+    exact = ~big.str.contains(_INTEGER) | whole.is_between(-MAX_EXACT, MAX_EXACT).fill_null(False)
+    value = pl.when(parsed.is_finite() & exact.fill_null(True)).then(parsed)
+    why = (
+        pl.when(parsed.is_null())
+        .then(pl.lit(" is not a NUMBER"))
+        .when(~parsed.is_finite())
+        .then(pl.lit(" is not a finite NUMBER"))
+        .otherwise(pl.lit(beyond))
+    )
+    return value, why
+
+
+def _listed(col: pl.Expr, dtype: pl.DataType) -> pl.Expr:
+    """A List or Array column as a List."""
+    return col.arr.to_list() if isinstance(dtype, pl.Array) else col
+
+
+def _array(j: int, mapping: TraitMapping, dtype: pl.DataType) -> tuple[pl.Expr, Problem | None]:
+    """An ARRAY value: split text, a typed list keeping its items' JSON type (numbers stay
+    numbers, so what lands equals the source), or one typed cell as a one-item list.
+
+    Strings are stripped and blank ones dropped, as blank cells are; an array left empty is a
+    blank cell. Null items, numbers a double cannot hold and more than MAX_ITEMS items are
+    refused, as the service would refuse them.
+    """
+    column = mapping.column
+    col = pl.col(column)
+    text = _text(column, dtype)
+    typed = isinstance(dtype, pl.List | pl.Array) or (
+        mapping.split is None and (dtype.is_numeric() or dtype == pl.Boolean)
+    )
+    if not typed:
+        return _text_array(j, mapping, dtype, text)
+    inner: PolarsDataType
+    if isinstance(dtype, pl.List | pl.Array):
+        items, inner = _listed(col, dtype), dtype.inner
+    else:
+        items, inner = pl.when(col.is_not_null()).then(pl.concat_list(col)), dtype
+    off = pl.lit(False)
+    why_off = ""
+    if inner.is_integer():
+        off = items.list.eval(~pl.element().is_between(-MAX_EXACT, MAX_EXACT)).list.any()
+        why_off = " has a whole number beyond 2^53 that a NUMBER cannot hold exactly"
+        items = items.cast(pl.List(pl.Int64), strict=False)
+    elif inner.is_numeric():
+        items = items.cast(pl.List(pl.Float64))
+        off = items.list.eval(~pl.element().is_finite()).list.any()
+        why_off = " has an item that is not a finite NUMBER"
+    elif inner != pl.Boolean:
+        element = pl.element().cast(pl.String).str.strip_chars()
+        blank = element.str.len_chars() == 0
+        items = items.list.eval(element.filter(~blank.fill_null(False)))
+    off = off.fill_null(False)
+    count = items.list.len()
+    holes = items.list.drop_nulls().list.len() < count
+    flag = pl.col(value_column(j)).is_null() & (count > 0)
+    why = (
+        pl.when(holes)
+        .then(pl.lit(" has null items; the service takes none in an ARRAY"))
+        .when(off)
+        .then(pl.lit(why_off))
+        .otherwise(_too_many(count))
+    )
+    ok = count.is_between(1, MAX_ITEMS) & ~holes & ~off
+    return pl.when(ok).then(items), _problem(column, text, flag.fill_null(False), why)
+
+
+def _text_array(
+    j: int, mapping: TraitMapping, dtype: pl.DataType, text: pl.Expr
+) -> tuple[pl.Expr, Problem | None]:
+    """An ARRAY of strings from text: split, or the whole cell as one item. Only the item
+    count can be off, and only where the cell holds MAX_ITEMS separators or more."""
+    item = pl.element().str.strip_chars()
+    if mapping.split is None:
+        return pl.when(text.is_not_null()).then(pl.concat_list(text)), None
+    items = text.str.split(mapping.split).list.eval(item.filter(item.str.len_chars() > 0))
+    count = items.list.len()
+    raw = pl.col(mapping.column) if dtype == pl.String else text
+    many = raw.str.count_matches(mapping.split, literal=True) >= MAX_ITEMS
+    flag = pl.col(value_column(j)).is_null() & many.fill_null(False)
+    value = pl.when(count.is_between(1, MAX_ITEMS)).then(items)
+    return value, _problem(mapping.column, text, flag, _too_many(count))
+
+
+def _too_many(count: pl.Expr) -> pl.Expr:
+    return pl.concat_str(
+        pl.lit(" has "), count.cast(pl.String), pl.lit(f" items; an ARRAY holds {MAX_ITEMS}")
+    )
 
 
 def normalize_column(frame: pl.DataFrame, identifier: Identifier) -> pl.Series:

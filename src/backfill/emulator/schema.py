@@ -27,6 +27,7 @@ MAX_TRAITS_PER_GROUP = 95
 MAX_GROUPS_PER_STORE = 50
 MAX_STRING = 1024
 MAX_ARRAY = 100
+MAX_EXACT_INTEGER = 2**53
 MAX_IDENTIFIER_CONFIGS = 15
 MAX_BULK = 1000
 
@@ -272,6 +273,7 @@ def trait_value(group: str, trait: str, definition: TraitDef, value: Any) -> Non
     elif kind == "NUMBER":
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise bad_request(f"{where}: expected a NUMBER, got {_json_type(value)}.")
+        _exact(where, value)
         if rule is not None:
             _bounds(where, "value", value, rule.get("min"), rule.get("max"))
     elif kind == "BOOLEAN":
@@ -287,8 +289,21 @@ def trait_value(group: str, trait: str, definition: TraitDef, value: Any) -> Non
                 raise bad_request(f"{where}: nested arrays are not allowed.")
             if not isinstance(item, str | int | float):  # bool is an int
                 raise bad_request(f"{where}: array items must be strings, numbers or booleans.")
+            if isinstance(item, int | float) and not isinstance(item, bool):
+                _exact(where, item)
         if rule is not None:
             _bounds(where, "item count", len(value), rule.get("minItems"), rule.get("maxItems"))
+
+
+def _exact(where: str, value: float) -> None:
+    """A JSON number the service stores as it was sent: finite (Python's json reads NaN,
+    Infinity and overflowing literals like 1e400 as non-finite floats) and, when whole, within
+    2^53, where a double stops holding every integer (Twilio's published limits page states a
+    narrower integer range still; memory-api.md states none)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise bad_request(f"{where}: numbers must be finite.")
+    if isinstance(value, int) and abs(value) > MAX_EXACT_INTEGER:
+        raise bad_request(f"{where}: {value} is beyond the integers a NUMBER holds exactly.")
 
 
 def _bounds(where: str, what: str, value: float, lo: float | None, hi: float | None) -> None:
