@@ -7,6 +7,7 @@ message a person can act on. Unknown keys are errors too: a typo must not silent
 
 from __future__ import annotations
 
+import codecs
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -47,6 +48,7 @@ class Source:
     nulls: Nulls = "skip"
     delimiter: str = ","
     batch_rows: int = 100_000
+    encoding: str = "utf-8"  # CSV only; Python's codec name (codecs.lookup(...).name)
 
 
 @dataclass(frozen=True)
@@ -246,7 +248,7 @@ def _is_loopback_http(url: str) -> bool:
 
 
 def _source(r: _Reader) -> Source:
-    r.only("paths", "order_by", "nulls", "delimiter", "batch_rows")
+    r.only("paths", "order_by", "nulls", "delimiter", "batch_rows", "encoding")
     paths = r.table.get("paths")
     if isinstance(paths, str):
         paths = [paths]
@@ -263,7 +265,20 @@ def _source(r: _Reader) -> Source:
         raise r.error("delimiter", "must be a single character")
     batch = int(r.number("batch_rows", 100_000, lo=1_000, integer=True))
     nulls = r.choice("nulls", ("skip", "delete"), "skip")
-    return Source(tuple(paths), r.string("order_by"), nulls, delimiter, batch)  # type: ignore[arg-type]
+    encoding = _encoding(r, r.string("encoding", "utf-8") or "utf-8")
+    return Source(tuple(paths), r.string("order_by"), nulls, delimiter, batch, encoding)  # type: ignore[arg-type]
+
+
+def _encoding(r: _Reader, name: str) -> str:
+    """Any text codec Python knows, by its canonical name ("latin1" -> "iso8859-1"), so the
+    reader compares one spelling; refused at load rather than at the first file."""
+    try:
+        info = codecs.lookup(name)
+    except LookupError:
+        raise r.error("encoding", f"{name!r} is not an encoding Python knows") from None
+    if not info._is_text_encoding:  # e.g. "base64": bytes to bytes, not text
+        raise r.error("encoding", f"{name!r} is not a text encoding")
+    return info.name
 
 
 def _identity(r: _Reader) -> Identity:

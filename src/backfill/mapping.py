@@ -22,7 +22,7 @@ import polars as pl
 from backfill.config import Identifier, Job, TraitMapping
 from backfill.errors import InvalidIdentifierError
 from backfill.normalize import normalize
-from backfill.source import FILE, ROW
+from backfill.source import FILE, PROBLEM, ROW, unread
 
 PID = "__pid"
 ORDER = "__order"
@@ -194,8 +194,9 @@ def map_batch(job: Job, batch: pl.DataFrame) -> pl.DataFrame:
         value, problem = _trait(j, mapping, schema[mapping.column])
         exprs.append(value.alias(value_column(j)))
         present = value.is_not_null()
-        if mapping.nulls == "delete":
-            present = present | _text(mapping.column, schema[mapping.column]).is_null()
+        if mapping.nulls == "delete":  # a blank deletes; a cell source could not read does not
+            blank = _text(mapping.column, schema[mapping.column]).is_null()
+            present = present | (blank & ~unread(mapping.column))
         exprs.append(present.alias(present_column(j)))
         if problem is not None:
             problems.append(problem)
@@ -209,6 +210,8 @@ def map_batch(job: Job, batch: pl.DataFrame) -> pl.DataFrame:
         )
         what = f" is not a valid {identifier.normalization} identifier"
         problems.append(_problem(identifier.column, raw, flag, what))
+    # What source could not read faithfully (bad bytes, a ragged line) is reported as well.
+    problems.append(Problem(pl.col(PROBLEM).is_not_null(), pl.col(PROBLEM)))
     work = batch.with_columns(exprs)
     return work.with_columns(_invalid(work, problems).alias(INVALID)).select(mapped_columns(job))
 
