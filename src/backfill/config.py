@@ -259,10 +259,9 @@ def _source(r: _Reader) -> Source:
             raise r.error("paths", "every entry must be a non-empty string")
         if not p.endswith((".csv", ".csv.gz", ".parquet")):
             raise r.error("paths", f"{p!r}: only .csv, .csv.gz and .parquet files are read")
-    delimiter = r.string("delimiter", ",")
-    assert delimiter is not None
-    if len(delimiter) != 1:
-        raise r.error("delimiter", "must be a single character")
+    delimiter = r.table.get("delimiter", ",")  # not r.string: a tab is a delimiter too
+    if not isinstance(delimiter, str) or len(delimiter) != 1 or delimiter in '"\r\n':
+        raise r.error("delimiter", "must be a single character other than a quote or newline")
     batch = int(r.number("batch_rows", 100_000, lo=1_000, integer=True))
     nulls = r.choice("nulls", ("skip", "delete"), "skip")
     encoding = _encoding(r, r.string("encoding", "utf-8") or "utf-8")

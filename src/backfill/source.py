@@ -351,8 +351,9 @@ def _bad_bytes(job: Job, batch: pl.DataFrame, base: int, encoding: str) -> pl.Da
         for c in bad
     ]
     problem = pl.concat_str([pl.col(PROBLEM), *notes], separator="; ", ignore_nulls=True)
+    hit = pl.any_horizontal(pl.col(c).str.contains(marks) for c in bad)
     return batch.with_columns(
-        problem.alias(PROBLEM),
+        pl.when(hit).then(problem).otherwise(pl.col(PROBLEM)).alias(PROBLEM),
         *(pl.when(~pl.col(c).str.contains(marks)).then(pl.col(c)).alias(c) for c in bad),
     )
 
@@ -393,16 +394,17 @@ def _row_regex(fields: int, delimiter: str) -> str:
     """A whole line that is exactly ``fields`` well-quoted fields, or blank."""
     d, q = _char(delimiter), _char(QUOTE)
     one = f"(?:[^{q}{d}\\n]*|{q}(?:[^{q}]|{q}{q})*{q})"
-    return f"^(?:{one}(?:{d}{one}){{{fields - 1}}})?\\r?$"
+    return f"^\\x{{FEFF}}?(?:{one}(?:{d}{one}){{{fields - 1}}})?\\r?$"  # BOM: line 1
 
 
 def _layout(path: Path, fields: int, delimiter: str) -> _Layout:
     """Check every data line in one vectorized pass; walk the few that fail it."""
-    lines = pl.scan_lines(path, name="line").with_row_index("n", offset=1)
     ok = pl.col("line").str.contains(_row_regex(fields, delimiter))
     try:
-        if lines.filter(~ok & (pl.col("n") > 1)).select(pl.len()).collect().item() == 0:
+        fine = pl.scan_lines(path, name="line").select(ok.all()).collect(engine="streaming")
+        if fine.item():
             return _Layout()
+        lines = pl.scan_lines(path, name="line").with_row_index("n", offset=1)
         # A line inside a quoted field spanning lines may look fine alone: take every line
         # between an odd count of quotes and the next one too.
         odd = pl.col("line").str.count_matches(QUOTE, literal=True) % 2 == 1
@@ -457,7 +459,8 @@ def _walk(lines: dict[int, str], total: int, fields: int, delimiter: str) -> _La
         if broken:
             why = f"{where}: broken quoting (a quote inside a field, or text after a closing quote)"
         elif count != fields:
-            why = f"{where}: {count} fields where the header has {fields}"
+            found = f"{count} field" if count == 1 else f"{count} fields"
+            why = f"{where}: {found} where the header has {fields}"
         else:
             continue
         layout.problems[row] = f"{why}; row not used"
