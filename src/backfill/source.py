@@ -34,7 +34,7 @@ import shutil
 import tempfile
 import zlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, TypeAlias
 
@@ -208,6 +208,7 @@ def _csv_batches(job: Job, file: SourceFile) -> Iterator[pl.DataFrame]:
             separator=job.source.delimiter,
             infer_schema=False,  # every cell as text: coercion is mapping's job
             raise_if_empty=False,
+            truncate_ragged_lines=bool(layout.problems),  # each such row is nulled below
         ).select(job.columns)
         row = 1
         for batch in lazy.collect_batches(chunk_size=job.source.batch_rows):
@@ -220,6 +221,9 @@ def _csv_batches(job: Job, file: SourceFile) -> Iterator[pl.DataFrame]:
                 else pl.lit(None, pl.String)
             )
             out = batch.with_columns(problem.alias(PROBLEM))
+            if layout.problems:  # a row whose cells may sit in the wrong columns is not used
+                used = pl.col(PROBLEM).is_null()
+                out = out.with_columns(pl.when(used).then(pl.col(c)).alias(c) for c in job.columns)
             if base is not None:
                 out = _bad_bytes(job, out, base, job.source.encoding)
             yield _finish(job, out, file, row)
@@ -252,7 +256,7 @@ def _prepare(
             f"{file.path}: line {exc.line}: a quoted field opened on this line is never"
             f" closed, so the file cannot be read past line {exc.line - 1}"
         ) from None
-    if layout.drop:
+    if layout.broken:  # ragged lines alone polars reads (truncated or padded), then nulled
         clean = tmp / "clean.csv"
         _blank_lines(path, layout.drop, clean)
         path = clean
@@ -399,6 +403,7 @@ class _Layout:
 
     problems: dict[int, str] = field(default_factory=dict)
     drop: list[tuple[int, int]] = field(default_factory=list)
+    broken: bool = False  # polars cannot parse some lines: read a copy with them blanked
 
 
 def _char(c: str) -> str:
@@ -427,38 +432,46 @@ def _layout(path: Path, fields: int, delimiter: str) -> _Layout:
         picked = (
             lines.filter((pl.col("n") > 1) & (~ok | odd | inside)).select("n", "line").collect()
         )
-        total = lines.select(pl.len()).collect().item()
+        total = _Lazy(lambda: int(lines.select(pl.len()).collect().item()))
         try:
-            return _walk(
-                dict(zip(picked["n"], picked["line"], strict=True)), total, fields, delimiter
-            )
+            found = dict(zip(picked["n"], picked["line"], strict=True))
+            return _walk(found, total, fields, delimiter)
         except _Missing:  # a line the quick pick left out: take them all (rare)
             every = lines.select("n", "line").collect()
-            return _walk(
-                dict(zip(every["n"], every["line"], strict=True)), total, fields, delimiter
-            )
+            found = dict(zip(every["n"], every["line"], strict=True))
+            return _walk(found, total, fields, delimiter)
     except pl.exceptions.ComputeError as exc:
         if "utf8" in str(exc).lower() or "utf-8" in str(exc).lower():
             raise _NotUTF8 from None
         raise
 
 
+class _Lazy:
+    """A count worked out only if it is asked for (a full pass over the file)."""
+
+    def __init__(self, count: Callable[[], int]) -> None:
+        self._count, self._value = count, -1
+
+    def __call__(self) -> int:
+        if self._value < 0:
+            self._value = self._count()
+        return self._value
+
+
 class _Missing(Exception):
     """The walk needs a line it was not given."""
 
 
-def _walk(lines: dict[int, str], total: int, fields: int, delimiter: str) -> _Layout:
+def _walk(lines: dict[int, str], total: Callable[[], int], fields: int, delimiter: str) -> _Layout:
     """Parse the given lines into records, as polars will: which are unusable, and why."""
 
     def line(n: int) -> str:
-        if n > total:
-            raise EOFError
-        try:
+        if n in lines:
             return lines[n]
-        except KeyError:
-            raise _Missing from None
+        raise EOFError if n > total() else _Missing
 
     layout = _Layout()
+    broken_any = False
     continued = 0  # lines before this record that continue an earlier one
     last = 1
     for n in sorted(lines):
@@ -472,6 +485,7 @@ def _walk(lines: dict[int, str], total: int, fields: int, delimiter: str) -> _La
         if count == 0:  # blank
             continue
         if broken:
+            broken_any = True
             why = f"{where}: broken quoting (a quote inside a field, or text after a closing quote)"
         elif count != fields:
             found = f"{count} field" if count == 1 else f"{count} fields"
@@ -480,7 +494,7 @@ def _walk(lines: dict[int, str], total: int, fields: int, delimiter: str) -> _La
             continue
         layout.problems[row] = f"{why}; row not used"
         layout.drop.append((n, end))
-    return layout
+    return replace(layout, broken=broken_any)
 
 
 def _record(line: Callable[[int], str], start: int, delimiter: str) -> tuple[int, int, bool]:
