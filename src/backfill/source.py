@@ -430,7 +430,9 @@ def _layout(path: Path, fields: int, delimiter: str) -> _Layout:
         odd = pl.col("line").str.count_matches(QUOTE, literal=True) % 2 == 1
         inside = (odd.cum_sum() - odd.cast(pl.UInt32)) % 2 == 1
         picked = (
-            lines.filter((pl.col("n") > 1) & (~ok | odd | inside)).select("n", "line").collect()
+            lines.filter((pl.col("n") > 1) & (~ok | odd | inside))
+            .select("n", "line")
+            .collect(engine="streaming")
         )
         total = _Lazy(lambda: int(lines.select(pl.len()).collect().item()))
         try:
