@@ -10,6 +10,7 @@ import gzip
 import io
 import json
 import re
+import tempfile
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -26,11 +27,17 @@ from backfill.pipeline import build_plan
 from backfill.source import PROBLEM, ROW, read_batches
 
 SEED = Path(__file__).parent / "data" / "emulator_seed.json"
+A = "mem_profile_01jtest000000000000000000a"
 BROKEN = "broken quoting (a quote inside a field, or text after a closing quote); row not used"
 
 
 def job_file(
-    tmp_path: Path, paths: list[Path], *, source: str = "", traits: str = 'tier = "tier"'
+    tmp_path: Path,
+    paths: list[Path],
+    *,
+    source: str = "",
+    traits: str = 'tier = "tier"',
+    identity: str = "",
 ) -> Path:
     text = f"""
 name = "source"
@@ -42,6 +49,7 @@ seed = "{SEED}"
 paths = {json.dumps([str(p) for p in paths])}
 {source}
 [identity]
+{identity}
 [[identity.identifiers]]
 column = "email"
 id_type = "email"
@@ -68,13 +76,17 @@ def rows(frame: pl.DataFrame) -> list[tuple[Any, ...]]:
     return frame.select("email", "tier", ROW, PROBLEM).rows()
 
 
-def rejects(tmp_path: Path, data: bytes, **kw: Any) -> list[dict[str, Any]]:
-    """Plan ``data`` offline; rejects.csv's invalid_row lines."""
+def rejects(tmp_path: Path, data: bytes, **kw: Any) -> tuple[list[dict[str, Any]], int]:
+    """Plan ``data`` offline (ada@example.com is A in the identity map): rejects.csv's
+    invalid_row lines, and the number of profiles planned."""
     path = tmp_path / "x.csv"
     path.write_bytes(data)
-    result = build_plan(load_job(job_file(tmp_path, [path], **kw)), offline=True, quiet=True)
+    known = tmp_path / "known.csv"
+    known.write_text(f"id_type,value,profile_id\nemail,ada@example.com,{A}\n")
+    job = load_job(job_file(tmp_path, [path], identity=f'identity_map = "{known}"', **kw))
+    result = build_plan(job, offline=True, quiet=True)
     lines = pl.read_csv(result.rejects_path, infer_schema=False).to_dicts()
-    return [r for r in lines if r["outcome"] == "invalid_row"]
+    return [r for r in lines if r["outcome"] == "invalid_row"], result.summary.profiles
 
 
 # --- encodings ------------------------------------------------------------------------------
@@ -130,7 +142,7 @@ def test_a_file_already_holding_the_marker_characters_is_not_misread(tmp_path: P
 
 def test_bad_bytes_end_to_end_are_an_invalid_row_line(tmp_path: Path) -> None:
     """rejects.csv names file, row and the column with its bytes, as an invalid_row."""
-    lines = rejects(tmp_path, b"email,tier\nada@example.com,Jos\xe9\n")
+    lines, _ = rejects(tmp_path, b"email,tier\nada@example.com,Jos\xe9\n")
     assert [(r["file"], r["row"]) for r in lines] == [(str(tmp_path / "x.csv"), "1")]
     assert "tier: invalid UTF-8 bytes b'\\xe9'" in lines[0]["reason"]
 
@@ -213,15 +225,6 @@ def test_a_quote_never_closed_refuses_the_file_naming_the_line(tmp_path: Path) -
     data = b'email,tier\na@x.com,gold\nb@x.com,"open\nc@x.com,ok\n'
     with pytest.raises(ConfigError, match=r"x\.csv: line 3: a quoted field opened on this line"):
         read(tmp_path, data)
-
-
-def test_ragged_line_end_to_end_names_file_row_and_line(tmp_path: Path) -> None:
-    data = b'email,tier\n"ada@example.com","gold"\nada@example.com,gold,x\n'
-    lines = rejects(tmp_path, data)
-    assert [(r["row"], r["reason"]) for r in lines] == [
-        ("2", "line 3: 3 fields where the header has 2; row not used")
-    ]
-    assert lines[0]["file"] == str(tmp_path / "x.csv")
 
 
 @pytest.mark.parametrize("delimiter", [";", "\t", "|"])
@@ -391,3 +394,45 @@ def test_a_field_over_lines_after_a_stray_quote(tmp_path: Path) -> None:
         ("c@x.com", "multi\nx,y\nend", 4, None),
         ("e@x.com", "z", 5, None),
     ]
+
+
+def test_bad_bytes_in_a_gzipped_file(tmp_path: Path) -> None:
+    frame = read(tmp_path, b"email,tier\na@x.com,Jos\xe9\n", name="x.csv.gz")
+    assert frame[PROBLEM].item().startswith("tier: invalid UTF-8 bytes b'\\xe9'")
+
+
+def test_transcoded_text_lives_in_a_private_folder_removed_after_reading(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Customer data written for polars is owner-only and does not outlive the read."""
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    (tmp_path / "x.csv").write_bytes("email,tier\na@x.com,José\n".encode("latin-1"))
+    job = load_job(job_file(tmp_path, [tmp_path / "x.csv"], source='encoding = "latin-1"'))
+    batches = read_batches(job)
+    next(batches)
+    (folder,) = scratch.iterdir()
+    assert folder.stat().st_mode & 0o777 == 0o700
+    assert [p.name for p in folder.iterdir()] == ["text.csv"]
+    assert list(batches) == []
+    assert list(scratch.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("line", "reason"),
+    [
+        (b"ada@example.com,gold,x", "line 3: 3 fields where the header has 2; row not used"),
+        (b'ada@example.com,5" gold', f"line 3: {BROKEN}"),
+    ],
+)
+def test_a_bad_line_end_to_end_names_file_row_and_line(
+    tmp_path: Path, line: bytes, reason: str
+) -> None:
+    """rejects.csv carries the line number; the good row beside it is still planned."""
+    data = b'email,tier\n"ada@example.com","gold"\n' + line + b"\n"
+    lines, profiles = rejects(tmp_path, data)
+    assert [(r["file"], r["row"], r["reason"]) for r in lines] == [
+        (str(tmp_path / "x.csv"), "2", reason)
+    ]
+    assert profiles == 1
