@@ -10,7 +10,6 @@ import gzip
 import io
 import json
 import re
-import tempfile
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -402,15 +401,14 @@ def test_bad_bytes_in_a_gzipped_file(tmp_path: Path) -> None:
 
 
 def test_transcoded_text_lives_in_a_private_folder_removed_after_reading(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
 ) -> None:
     """Customer data written for polars is owner-only and does not outlive the read."""
     scratch = tmp_path / "scratch"
     scratch.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     (tmp_path / "x.csv").write_bytes("email,tier\na@x.com,José\n".encode("latin-1"))
     job = load_job(job_file(tmp_path, [tmp_path / "x.csv"], source='encoding = "latin-1"'))
-    batches = read_batches(job)
+    batches = read_batches(job, scratch=scratch)
     next(batches)
     (folder,) = scratch.iterdir()
     assert folder.stat().st_mode & 0o777 == 0o700

@@ -20,8 +20,9 @@ Odd files are normal, and one odd row never stops the others (issue 9):
 Valid UTF-8 CSV (the common case) takes a fast path: one vectorized pass over the lines checks
 every field count and quoting (a delimiter count where the file shows no quotes, else one regex;
 polars validates UTF-8 as it reads): ~0.13 s for 1M rows / 110 MB, about what polars takes to
-read the file. Only a file that fails it is walked, and only on the lines that need it. Anything else is first transcoded, streaming, into a
-private temporary directory that is removed when the file has been read.
+read the file. Only a file that fails it is walked, and only on the lines that need it.
+Any other encoding (and gzip) is first written out as UTF-8, streaming, into a private
+temporary directory that is removed when the file has been read.
 """
 
 from __future__ import annotations
@@ -180,13 +181,21 @@ def _check_types(job: Job, file: SourceFile, schema: pl.Schema) -> None:
 # --- reading --------------------------------------------------------------------------------
 
 
-def read_batches(job: Job, files: list[SourceFile] | None = None) -> Iterator[pl.DataFrame]:
-    """Yield the job's columns in batches of at most ``source.batch_rows`` rows, file by file."""
+def read_batches(
+    job: Job, files: list[SourceFile] | None = None, *, scratch: Path | None = None
+) -> Iterator[pl.DataFrame]:
+    """Yield the job's columns in batches of at most ``source.batch_rows`` rows, file by file.
+
+    ``scratch``: where a private temporary folder for transcoded text goes (the system's
+    temporary directory by default; the run's spill folder keeps it on the output's disk)."""
     files = source_files(job) if files is None else files
     check_columns(job, files)
     for file in files:
         try:
-            yield from _csv_batches(job, file) if file.is_csv else _parquet_batches(job, file)
+            if file.is_csv:
+                yield from _csv_batches(job, file, scratch)
+            else:
+                yield from _parquet_batches(job, file)
         except (pl.exceptions.PolarsError, OSError, EOFError, zlib.error) as exc:
             raise ConfigError(f"{file.path}: cannot read: {exc}") from None
 
@@ -198,11 +207,11 @@ def _finish(job: Job, batch: pl.DataFrame, file: SourceFile, first_row: int) -> 
     ).select(*job.columns, FILE, ROW, PROBLEM)
 
 
-def _csv_batches(job: Job, file: SourceFile) -> Iterator[pl.DataFrame]:
+def _csv_batches(job: Job, file: SourceFile, scratch: Path | None) -> Iterator[pl.DataFrame]:
     header = _csv_header(job, file)
     if header is None:
         return
-    with tempfile.TemporaryDirectory(prefix="backfill-source-") as tmp:  # mode 0700
+    with tempfile.TemporaryDirectory(prefix="backfill-source-", dir=scratch) as tmp:  # 0700
         path, base, layout = _prepare(job, file, header.len(), Path(tmp))
         lazy = pl.scan_csv(
             path,
