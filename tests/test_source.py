@@ -434,3 +434,9 @@ def test_a_bad_line_end_to_end_names_file_row_and_line(
         (str(tmp_path / "x.csv"), "2", reason)
     ]
     assert profiles == 1
+
+
+def test_a_long_run_of_bad_bytes_is_shown_in_part(tmp_path: Path) -> None:
+    frame = read(tmp_path, b"email,tier\na@x.com,\xff" + b"\xfe" * 100 + b"\n")
+    shown = "b'\\xff" + "\\xfe" * 15 + "'"
+    assert frame[PROBLEM].item() == f'tier: invalid UTF-8 bytes {shown} in "?"; cell not used'

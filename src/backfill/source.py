@@ -362,7 +362,9 @@ def _bad_bytes(job: Job, batch: pl.DataFrame, base: int, encoding: str) -> pl.Da
         return batch
     shown: dict[str, str] = {}  # each run of marks, as the bytes it stands for
     for c in bad:
-        runs = batch.get_column(c).str.extract_all(f"{marks}+").explode().drop_nulls().unique()
+        runs = (
+            batch.get_column(c).str.extract_all(f"{marks}{{1,16}}").explode().drop_nulls().unique()
+        )
         shown.update({run: repr(bytes(ord(ch) - base for ch in run)) for run in runs})
     what = f"invalid {_codec_label(encoding)} bytes"
     notes = [
@@ -370,7 +372,7 @@ def _bad_bytes(job: Job, batch: pl.DataFrame, base: int, encoding: str) -> pl.Da
             pl.concat_str(
                 pl.lit(f"{c}: {what} "),
                 pl.col(c)
-                .str.extract(f"({marks}+)")
+                .str.extract(f"({marks}{{1,16}})")
                 .replace_strict(shown, default=None, return_dtype=pl.String),
                 pl.lit(' in "'),
                 pl.col(c).str.replace_all(f"{marks}+", "?").str.slice(0, 40),
