@@ -28,6 +28,7 @@ temporary directory that is removed when the file has been read.
 from __future__ import annotations
 
 import codecs
+import functools
 import glob
 import gzip
 import io
@@ -522,13 +523,21 @@ def _walk(lines: dict[int, str], total: Callable[[], int], fields: int, delimite
     return replace(layout, broken=broken_any)
 
 
+QUOTED = re.compile('(?:[^"]|"")*')  # inside quotes: anything but a lone quote
+
+
+@functools.cache
+def _plain(delimiter: str) -> re.Pattern[str]:
+    """An unquoted field: no quote, no delimiter."""
+    return re.compile(f"[^{re.escape(QUOTE + delimiter)}]*")
+
+
 def _record(line: Callable[[int], str], start: int, delimiter: str) -> tuple[int, int, bool]:
     """(last line, field count, broken) of the record that starts on line ``start``."""
     n, text, pos, count = start, line(start).removesuffix("\r"), 0, 1
     if not text:
         return n, 0, False  # a blank line: polars reads a row of nulls, as for any blank row
-    quoted = re.compile('(?:[^"]|"")*')
-    plain = re.compile(f"[^{re.escape(QUOTE + delimiter)}]*")
+    quoted, plain = QUOTED, _plain(delimiter)
     while True:
         if pos < len(text) and text[pos] == QUOTE:
             pos += 1
