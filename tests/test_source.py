@@ -449,3 +449,46 @@ def test_quoting_that_starts_late_in_an_unquoted_file(tmp_path: Path) -> None:
     frame = read(tmp_path, f'email,tier\n{body}late@x.com,"a,b"\n'.encode())
     assert frame[PROBLEM].null_count() == frame.height == 8_001
     assert frame["tier"][-1] == "a,b"
+
+
+@pytest.mark.parametrize(
+    "stamp",
+    [
+        pl.Series([dt.datetime(2026, 2, 1)]).cast(pl.Datetime("ns")),
+        pl.Series([dt.datetime(2026, 2, 1, 9)]).cast(pl.Datetime("ms", "Asia/Tokyo")),
+        pl.Series([dt.date(2026, 2, 1)]),
+    ],
+)
+def test_typed_order_by_in_parquet_beside_text_in_csv(tmp_path: Path, stamp: pl.Series) -> None:
+    """Dates and datetimes of any unit or zone order rows against a CSV's ISO-8601 text."""
+    (tmp_path / "a.csv").write_text("email,tier,updated_at\nada@example.com,old,2026-01-31\n")
+    parquet = tmp_path / "b.parquet"
+    pl.DataFrame(
+        {"email": ["ada@example.com"], "tier": ["new"], "updated_at": stamp}
+    ).write_parquet(parquet)
+    (tmp_path / "c.csv").write_text("email,tier,updated_at\nada@example.com,older,2026-01-01\n")
+    paths = [tmp_path / "a.csv", parquet, tmp_path / "c.csv"]
+    job = load_job(job_file(tmp_path, paths, source='order_by = "updated_at"'))
+    result = build_plan(job, quiet=True)
+    (body,) = pl.read_parquet(result.plan_path)["body"]
+    assert json.loads(body)["traits"] == {"Loyalty": {"tier": "new"}}
+
+
+def test_order_by_numbers_beside_text_is_refused_at_check(tmp_path: Path) -> None:
+    (tmp_path / "a.csv").write_text("email,tier,updated_at\nada@example.com,old,2026-01-31\n")
+    parquet = tmp_path / "b.parquet"
+    pl.DataFrame({"email": ["a@x.com"], "tier": ["new"], "updated_at": [5]}).write_parquet(parquet)
+    job = load_job(
+        job_file(tmp_path, [tmp_path / "a.csv", parquet], source='order_by = "updated_at"')
+    )
+    with pytest.raises(ConfigError, match=r"holds times in .*a\.csv but numbers in .*b\.parquet"):
+        next(read_batches(job))
+
+
+def test_an_order_by_type_that_orders_nothing_is_refused_at_check(tmp_path: Path) -> None:
+    parquet = tmp_path / "b.parquet"
+    frame = pl.DataFrame({"email": ["a@x.com"], "tier": ["new"], "updated_at": [True]})
+    frame.write_parquet(parquet)
+    job = load_job(job_file(tmp_path, [parquet], source='order_by = "updated_at"'))
+    with pytest.raises(ConfigError, match=r"column 'updated_at' is Boolean: source\.order_by"):
+        next(read_batches(job))

@@ -188,8 +188,8 @@ def map_batch(job: Job, batch: pl.DataFrame) -> pl.DataFrame:
         exprs.append(pl.lit(None, pl.Datetime("us", "UTC")).alias(ORDER))
     elif schema[order] == pl.String:
         exprs.append(_order_key(batch, order).alias(ORDER))
-    else:
-        exprs.append(pl.col(order).alias(ORDER))
+    else:  # one type per kind, so batches of different files concatenate
+        exprs.append(typed_order(order, schema[order]).alias(ORDER))
     for j, mapping in enumerate(job.traits):
         value, problem = _trait(j, mapping, schema[mapping.column])
         exprs.append(value.alias(value_column(j)))
@@ -214,6 +214,22 @@ def map_batch(job: Job, batch: pl.DataFrame) -> pl.DataFrame:
     problems.append(Problem(pl.col(PROBLEM).is_not_null(), pl.col(PROBLEM)))
     work = batch.with_columns(exprs)
     return work.with_columns(_invalid(work, problems).alias(INVALID)).select(mapped_columns(job))
+
+
+def typed_order(column: str, dtype: pl.DataType) -> pl.Expr:
+    """A typed order_by column as Float64 (numbers) or UTC Datetime(us) (dates, datetimes:
+    naive ones read as UTC, as in text); ``source.check_columns`` refuses other types."""
+    col = pl.col(column)
+    if dtype.is_numeric():
+        return col.cast(pl.Float64)
+    if dtype == pl.Date:
+        col, dtype = col.cast(pl.Datetime("us")), pl.Datetime("us")
+    if isinstance(dtype, pl.Datetime):
+        col = col.dt.cast_time_unit("us")
+        if dtype.time_zone is None:
+            return col.dt.replace_time_zone("UTC")
+        return col.dt.convert_time_zone("UTC")
+    return pl.lit(None, pl.Datetime("us", "UTC"))  # a Null-typed column: no order values
 
 
 def _invalid(work: pl.DataFrame, problems: list[Problem]) -> pl.Series:

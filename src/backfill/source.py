@@ -121,6 +121,7 @@ def unread(column: str) -> pl.Expr:
 def check_columns(job: Job, files: list[SourceFile]) -> None:
     """Fail before reading any row when a file lacks a column the job maps, or holds one whose
     type no trait or identifier can take (Parquet structs, maps, binary, nested lists)."""
+    orders: dict[str, Path] = {}  # kind of order_by value -> the first file holding it
     for file in files:
         try:
             schema = _csv_header(job, file) if file.is_csv else _parquet_schema(file)
@@ -136,6 +137,26 @@ def check_columns(job: Job, files: list[SourceFile]) -> None:
             )
         if not file.is_csv:
             _check_types(job, file, schema)
+        if job.source.order_by is not None:
+            orders.setdefault(_order_kind(job, file, schema[job.source.order_by]), file.path)
+    if len(orders) > 1:
+        (a, first), (b, second) = orders.items()
+        raise ConfigError(
+            f"{job.path}: source.order_by {job.source.order_by!r} holds {a} in {first} but {b}"
+            f" in {second}: rows of one job are ordered by one kind of value"
+        )
+
+
+def _order_kind(job: Job, file: SourceFile, dtype: PolarsDataType) -> str:
+    """ "numbers" or "times" (text is read as ISO-8601 times); other types are refused."""
+    if dtype.is_numeric():
+        return "numbers"
+    if dtype in (pl.String, pl.Date, pl.Datetime, pl.Null):
+        return "times"
+    raise ConfigError(
+        f"{file.path}: column {job.source.order_by!r} is {dtype}: source.order_by takes"
+        f" ISO-8601 text, a date, a datetime or a number ({job.path})"
+    )
 
 
 def _parquet_schema(file: SourceFile) -> pl.Schema:
