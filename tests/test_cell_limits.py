@@ -20,7 +20,7 @@ from backfill.emulator import EmulatorServer
 from backfill.mapping import INVALID, map_batch, value_column
 from backfill.pipeline import build_plan
 from backfill.plan import encode_trait
-from backfill.source import FILE, ROW, read_batches
+from backfill.source import FILE, PROBLEM, ROW, read_batches
 from cell_cases import CASES, REFUSED, Case, Kind, same_json
 
 STORE = "mem_store_01jtest0000000000000000000"
@@ -180,6 +180,7 @@ def test_binary_cells_are_reported_not_crashed_on(tmp_path: Path, kind: Kind) ->
         {
             FILE: pl.Series([0, 0], dtype=pl.UInt16),
             ROW: pl.Series([1, 2], dtype=pl.UInt32),
+            PROBLEM: pl.Series([None, None], dtype=pl.String),
             "id": [A, A],
             "c0": pl.Series([b"\xe9t\xe9", None], dtype=pl.Binary),
             "c1": pl.Series([None, [b"x"]], dtype=pl.List(pl.Binary)),

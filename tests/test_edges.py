@@ -284,3 +284,23 @@ def test_rows_are_counted_by_outcome_and_quiet_prints_one_line(
     report = (tmp_path / "out" / "report.md").read_text()
     assert "1 source rows did not land" in report
     assert "| landed in part (a cell rejected, the rest sent) | 1 |" in report
+
+
+def test_files_that_would_map_to_different_types_are_refused_before_reading(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An ARRAY trait fed a list of numbers by Parquet and text by a CSV cannot be planned as
+    one column without changing values: refused at job check, naming the trait and both files."""
+    text = write_csv(tmp_path / "a.csv")
+    typed = tmp_path / "b.parquet"
+    pl.DataFrame(
+        {"email": ["ada@example.com"], "tier": ["gold"], "points": [[1, 2]]},
+        schema={"email": pl.String, "tier": pl.String, "points": pl.List(pl.Int64)},
+    ).write_parquet(typed)
+    job = write_job(tmp_path, text, traits='tags = { column = "points", type = "ARRAY" }')
+    job.write_text(job.read_text().replace(f'paths = ["{text}"]', f'paths = ["{text}", "{typed}"]'))
+    assert main(["plan", str(job)]) == 2
+    err = capsys.readouterr().err
+    assert "traits.Loyalty.tags (column 'points') is fed List(String) by" in err
+    assert str(typed) in err
+    assert not (tmp_path / "out").exists()

@@ -7,6 +7,7 @@ message a person can act on. Unknown keys are errors too: a typo must not silent
 
 from __future__ import annotations
 
+import codecs
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -47,6 +48,7 @@ class Source:
     nulls: Nulls = "skip"
     delimiter: str = ","
     batch_rows: int = 100_000
+    encoding: str = "utf-8"  # CSV only; Python's codec name (codecs.lookup(...).name)
 
 
 @dataclass(frozen=True)
@@ -246,7 +248,7 @@ def _is_loopback_http(url: str) -> bool:
 
 
 def _source(r: _Reader) -> Source:
-    r.only("paths", "order_by", "nulls", "delimiter", "batch_rows")
+    r.only("paths", "order_by", "nulls", "delimiter", "batch_rows", "encoding")
     paths = r.table.get("paths")
     if isinstance(paths, str):
         paths = [paths]
@@ -257,13 +259,25 @@ def _source(r: _Reader) -> Source:
             raise r.error("paths", "every entry must be a non-empty string")
         if not p.endswith((".csv", ".csv.gz", ".parquet")):
             raise r.error("paths", f"{p!r}: only .csv, .csv.gz and .parquet files are read")
-    delimiter = r.string("delimiter", ",")
-    assert delimiter is not None
-    if len(delimiter) != 1:
-        raise r.error("delimiter", "must be a single character")
+    delimiter = r.table.get("delimiter", ",")  # not r.string: a tab is a delimiter too
+    if not isinstance(delimiter, str) or len(delimiter) != 1 or delimiter in '"\r\n':
+        raise r.error("delimiter", "must be a single character other than a quote or newline")
     batch = int(r.number("batch_rows", 100_000, lo=1_000, integer=True))
     nulls = r.choice("nulls", ("skip", "delete"), "skip")
-    return Source(tuple(paths), r.string("order_by"), nulls, delimiter, batch)  # type: ignore[arg-type]
+    encoding = _encoding(r, r.string("encoding", "utf-8") or "utf-8")
+    return Source(tuple(paths), r.string("order_by"), nulls, delimiter, batch, encoding)  # type: ignore[arg-type]
+
+
+def _encoding(r: _Reader, name: str) -> str:
+    """Any text codec Python knows, by its canonical name ("latin1" -> "iso8859-1"), so the
+    reader compares one spelling; refused at load rather than at the first file."""
+    try:
+        info = codecs.lookup(name)
+    except LookupError:
+        raise r.error("encoding", f"{name!r} is not an encoding Python knows") from None
+    if not info._is_text_encoding:  # e.g. "base64": bytes to bytes, not text
+        raise r.error("encoding", f"{name!r} is not a text encoding")
+    return info.name
 
 
 def _identity(r: _Reader) -> Identity:

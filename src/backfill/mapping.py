@@ -24,7 +24,7 @@ import polars as pl
 from backfill.config import Identifier, Job, TraitMapping
 from backfill.errors import InvalidIdentifierError
 from backfill.normalize import SPACE_CHARS, normalize, phone_countries, reads_national_as_nanp
-from backfill.source import FILE, ROW
+from backfill.source import FILE, PROBLEM, ROW, unread
 
 if TYPE_CHECKING:
     from polars._typing import PolarsDataType
@@ -364,14 +364,15 @@ def map_batch(job: Job, batch: pl.DataFrame) -> pl.DataFrame:
         exprs.append(pl.lit(None, pl.Datetime("us", "UTC")).alias(ORDER))
     elif schema[order] == pl.String:
         exprs.append(_order_key(batch, order).alias(ORDER))
-    else:
-        exprs.append(pl.col(order).alias(ORDER))
+    else:  # one type per kind, so batches of different files concatenate
+        exprs.append(typed_order(order, schema[order]).alias(ORDER))
     for j, mapping in enumerate(job.traits):
         value, problem = _trait(j, mapping, schema[mapping.column])
         exprs.append(value.alias(value_column(j)))
         present = value.is_not_null()
-        if mapping.nulls == "delete":
-            present = present | _text(mapping.column, schema[mapping.column]).is_null()
+        if mapping.nulls == "delete":  # a blank deletes; a cell source could not read does not
+            blank = _text(mapping.column, schema[mapping.column]).is_null()
+            present = present | (blank & ~unread(mapping.column))
         exprs.append(present.alias(present_column(j)))
         if problem is not None:
             problems.append(problem)
@@ -385,8 +386,26 @@ def map_batch(job: Job, batch: pl.DataFrame) -> pl.DataFrame:
         )
         what = f" is not a valid {identifier.normalization} identifier"
         problems.append(_problem(identifier.column, raw, flag, what))
+    # What source could not read faithfully (bad bytes, a ragged line) is reported as well.
+    problems.append(Problem(pl.col(PROBLEM).is_not_null(), pl.col(PROBLEM)))
     work = batch.with_columns(exprs)
     return work.with_columns(_invalid(work, problems).alias(INVALID)).select(mapped_columns(job))
+
+
+def typed_order(column: str, dtype: pl.DataType) -> pl.Expr:
+    """A typed order_by column as Float64 (numbers) or UTC Datetime(us) (dates, datetimes:
+    naive ones read as UTC, as in text); ``source.check_columns`` refuses other types."""
+    col = pl.col(column)
+    if dtype.is_numeric():
+        return col.cast(pl.Float64)
+    if dtype == pl.Date:
+        col, dtype = col.cast(pl.Datetime("us")), pl.Datetime("us")
+    if isinstance(dtype, pl.Datetime):
+        col = col.dt.cast_time_unit("us")
+        if dtype.time_zone is None:
+            return col.dt.replace_time_zone("UTC")
+        return col.dt.convert_time_zone("UTC")
+    return pl.lit(None, pl.Datetime("us", "UTC"))  # a Null-typed column: no order values
 
 
 def _invalid(work: pl.DataFrame, problems: list[Problem]) -> pl.Series:

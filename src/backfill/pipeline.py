@@ -64,7 +64,16 @@ from backfill.resolve import (
     resolve,
 )
 from backfill.resume import made_from, why_not
-from backfill.source import FILE, ROW, check_columns, read_batches, source_files
+from backfill.source import (
+    FILE,
+    PROBLEM,
+    ROW,
+    SourceFile,
+    check_columns,
+    file_schema,
+    read_batches,
+    source_files,
+)
 
 if TYPE_CHECKING:
     from backfill.client import ClientStats, MemoryClient
@@ -167,6 +176,7 @@ def build_plan(
     started = time.monotonic()
     files = source_files(job)
     check_columns(job, files)
+    _check_mapped_types(job, files)
     if job.identity.identity_map is not None and not job.identity.identity_map.is_file():
         raise ConfigError(
             f"{job.path}: identity.identity_map: {job.identity.identity_map}: no such file"
@@ -180,7 +190,7 @@ def build_plan(
     try:
         batches = 0
         with _bar(quiet, desc="reading", unit=" rows", unit_scale=True) as bar:
-            for batch in read_batches(job, files):
+            for batch in read_batches(job, files, scratch=spill):
                 mapped_batch = map_batch(job, batch)
                 mapped_batch.write_parquet(
                     spill / f"mapped-{batches:06d}.parquet", compression=SPILL
@@ -253,12 +263,45 @@ def build_plan(
     return result
 
 
-def _empty_mapped(job: Job) -> pl.DataFrame:
-    """What ``map_batch`` makes of a batch with no rows: the mapped columns with their types,
-    so every later stage runs unchanged over zero rows."""
-    schema = {c: pl.String for c in job.columns}
-    empty = pl.DataFrame(schema=schema).with_columns(
-        pl.lit(None, pl.UInt32).alias(ROW), pl.lit(None, pl.UInt16).alias(FILE)
+def _check_mapped_types(job: Job, files: list[SourceFile]) -> None:
+    """Refuse, before any row is read, files whose columns would map to different types (an
+    ARRAY trait fed by a list of numbers in one Parquet file and by text in a CSV): their
+    batches could not be planned together, and no type can hold both without changing values."""
+    seen: dict[str, tuple[pl.DataType, SourceFile]] = {}
+    names = mapped_names(job)
+    for file in files:
+        schema = file_schema(job, file)
+        if schema is None:
+            continue
+        mapped = _empty_mapped(job, schema).schema
+        for column, dtype in mapped.items():
+            if column not in names:
+                continue
+            first = seen.setdefault(column, (dtype, file))
+            if first[0] != dtype:
+                raise ConfigError(
+                    f"{job.path}: {names[column]} is fed {first[0]} by {first[1].path} but "
+                    f"{dtype} by {file.path}: convert one file so both hold the same type"
+                )
+
+
+def mapped_names(job: Job) -> dict[str, str]:
+    """Each mapped value column's name as the job file says it (for messages)."""
+    names = {value_column(j): f"traits.{t.group}.{t.trait} (column {t.column!r})"
+             for j, t in enumerate(job.traits)}  # fmt: skip
+    names[ORDER] = f"source.order_by (column {job.source.order_by!r})"
+    return names
+
+
+def _empty_mapped(job: Job, schema: pl.Schema | None = None) -> pl.DataFrame:
+    """What ``map_batch`` makes of a batch with no rows (of a file with ``schema``; text
+    columns by default): the mapped columns with their types, so every later stage runs
+    unchanged over zero rows."""
+    columns = schema if schema is not None else {c: pl.String() for c in job.columns}
+    empty = pl.DataFrame(schema=columns).with_columns(
+        pl.lit(None, pl.UInt16).alias(FILE),
+        pl.lit(None, pl.UInt32).alias(ROW),
+        pl.lit(None, pl.String).alias(PROBLEM),
     )
     return map_batch(job, empty.clear())
 

@@ -79,7 +79,7 @@ def format_plan(result: PlanResult) -> str:
     out = [
         f"Plan for {result.job.name} ({result.job.path}), {s.seconds:.1f} s",
         line("rows read", s.rows, f"from {s.files} file{'s' if s.files != 1 else ''}"),
-        line("invalid rows", s.invalid_rows, "bad cells are reported; the rest of the row goes on"),
+        line("invalid rows", s.invalid_rows, "see rejects.csv: a bad cell's row goes on"),
         line("resolved", s.resolved),
         line("  by profile ID", s.resolved_profile_id),
         line("  by identity map", s.resolved_identity_map),
