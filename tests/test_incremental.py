@@ -23,7 +23,7 @@ import pytest
 from backfill.checkpoint import RunDB, RunLock, read_progress
 from backfill.cli import main
 from backfill.emulator import EmulatorConfig, EmulatorServer
-from backfill.errors import RunLocked
+from backfill.errors import BackfillError, RunLocked
 from backfill.pipeline import retry, run, status
 
 STORE = "mem_store_01jincr0000000000000000000"
@@ -289,7 +289,7 @@ def test_status_reads_a_running_checkpoint_without_touching_it(tmp_path: Path) -
         try:
             for _ in range(600):  # a hang guard, not a speed limit: the run is throttled
                 assert proc.poll() is None
-                if (out / "run.sqlite").is_file() and finished(out) >= 100:
+                if finished(out) >= 100:
                     break
                 time.sleep(0.1)
             proc.send_signal(signal.SIGSTOP)
@@ -335,7 +335,11 @@ def plan_units(path: Path, count: int) -> None:
 
 
 def finished(out: Path) -> int:
-    progress = read_progress(out / "run.sqlite")
+    """Units the run in ``out`` has finished; 0 while its run file is still being made."""
+    try:
+        progress = read_progress(out / "run.sqlite")
+    except BackfillError:  # created, but its tables not yet
+        return 0
     return progress.counts["done"] + progress.counts["failed"]
 
 
