@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import heapq
 import itertools
 import math
 import random
 import selectors
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -569,29 +569,104 @@ def test_real_client_over_virtual_time_matches_the_model() -> None:
 # --- Against the real emulator over HTTP -------------------------------------------------
 
 
+class SharedClock:
+    """One virtual time line for the client and the emulator's account bucket, over real HTTP.
+
+    Time stands still while any request is on the wire (``Counting`` tells), so the emulator
+    sees the client's virtual time whatever the machine's load; when every worker waits on this
+    clock, ``drive`` moves time on to the earliest sleeper's deadline. No figure depends on
+    how fast the machine is.
+    """
+
+    def __init__(self) -> None:
+        self.t = 0.0
+        self.in_flight = 0
+        self._sleepers: list[tuple[float, int, anyio.Event]] = []
+        self._order = itertools.count()
+
+    def now(self) -> float:
+        return self.t
+
+    async def sleep(self, seconds: float) -> None:
+        if seconds <= 0:
+            await anyio.lowlevel.checkpoint()
+            return
+        woken = anyio.Event()
+        heapq.heappush(self._sleepers, (self.t + seconds, next(self._order), woken))
+        await woken.wait()
+
+    async def drive(self, done: Callable[[], bool]) -> None:
+        """Move time on whenever only sleepers are left, until ``done()``."""
+        while not done():
+            for _ in range(20):  # let whatever is runnable reach its next wait
+                await anyio.lowlevel.checkpoint()
+            if self.in_flight or not self._sleepers:
+                await anyio.sleep(0.001)  # real time: an answer is on its way
+                continue
+            deadline, _, woken = heapq.heappop(self._sleepers)
+            self.t = max(self.t, deadline)
+            woken.set()
+
+
+class Counting(httpx.AsyncBaseTransport):
+    """A real HTTP transport that tells the shared clock while a request is on the wire."""
+
+    def __init__(self, clock: SharedClock) -> None:
+        self._wire = httpx.AsyncHTTPTransport()
+        self._clock = clock
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self._clock.in_flight += 1
+        try:
+            response = await self._wire.handle_async_request(request)
+            await response.aread()
+            return response
+        finally:
+            self._clock.in_flight -= 1
+
+    async def aclose(self) -> None:
+        await self._wire.aclose()
+
+
 @pytest.mark.anyio
 async def test_emulator_at_50_per_second_client_configured_at_500() -> None:
-    """Configured 10x too fast, 16 workers settle near the emulator's 50/s with few 429s."""
+    """Configured 10x too fast, 16 workers settle near the emulator's 50/s with few 429s: the
+    real client, the real emulator over HTTP, its 429s and Retry-After, on one virtual clock."""
+    clock = SharedClock()
     config = EmulatorConfig(seed=SEED, rate=50, random_seed=1)
-    with EmulatorServer(config) as emu:
-        bucket = TokenBucket(500, default_burst(500))
+    server = EmulatorServer(config)
+    # The account bucket the emulator built, again on the shared clock (same rate and burst).
+    server.emulator.faults.bucket = AccountBucket(50, config.effective_burst, clock=clock.now)
+    with server as emu:
+        bucket = TokenBucket(500, default_burst(500), clock=clock)
         adaptive = AdaptiveRate(bucket, ceiling=500)
         client = MemoryClient(
-            emu.url, Credentials(*emu.auth), bucket=bucket, adaptive=adaptive, concurrency=16
+            emu.url,
+            Credentials(*emu.auth),
+            bucket=bucket,
+            adaptive=adaptive,
+            concurrency=16,
+            transport=Counting(clock),
+            clock=clock,
+            rng=random.Random(1),
         )
-        seconds = 6.0
-        answered: list[tuple[float, int | None]] = []  # (when, status) of each lookup
+        seconds = 20.0
+        answered: list[tuple[float, int | None]] = []  # (virtual time, status) of each lookup
+        workers = 16
 
-        async def worker(deadline: float) -> None:
-            while time.monotonic() < deadline:
-                reply = await client.lookup(STORE, "email", "ada@example.com")
-                answered.append((time.monotonic(), reply.status))
+        async def worker() -> None:
+            nonlocal workers
+            try:
+                while clock.now() < seconds:
+                    reply = await client.lookup(STORE, "email", "ada@example.com")
+                    answered.append((clock.now(), reply.status))
+            finally:
+                workers -= 1
 
-        async with client:
-            deadline = time.monotonic() + seconds
-            async with anyio.create_task_group() as tg:
-                for _ in range(16):
-                    tg.start_soon(worker, deadline)
+        async with client, anyio.create_task_group() as tg:
+            for _ in range(workers):
+                tg.start_soon(worker)
+            tg.start_soon(clock.drive, lambda: workers == 0)
         stats = emu.stats()
 
     lookups = stats["byOperation"]["profiles.lookup"]
@@ -599,7 +674,8 @@ async def test_emulator_at_50_per_second_client_configured_at_500() -> None:
     assert {status for _, status in answered} == {200}  # every 429 was retried
     assert limited == client.stats.throttled == adaptive.throttled
     assert limited / (accepted + limited) < 0.10
-    # Within the 6 s (one ~1 s pause included, so ~40/s at best); unthrottled: ~6/s, 1/3 429s.
-    in_time = sum(1 for at, status in answered if status == 200 and at <= deadline)
-    assert in_time / seconds >= 30.0
+    # Unthrottled, a 10x-too-fast client gets ~1/3 429s and pauses each second (~6/s). Within
+    # the 20 virtual seconds (a ~1 s pause included) it gets most of the 50/s.
+    in_time = sum(1 for at, status in answered if status == 200 and at <= seconds)
+    assert in_time / seconds >= 40.0
     assert adaptive.cuts >= 1 and adaptive.rate <= 55.0

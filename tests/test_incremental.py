@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import signal
 import sqlite3  # noqa: TID251 - the test plays a crash by editing the checkpoint
 import subprocess
 import sys
@@ -22,7 +23,7 @@ import pytest
 from backfill.checkpoint import RunDB, RunLock, read_progress
 from backfill.cli import main
 from backfill.emulator import EmulatorConfig, EmulatorServer
-from backfill.errors import RunLocked
+from backfill.errors import BackfillError, RunLocked
 from backfill.pipeline import retry, run, status
 
 STORE = "mem_store_01jincr0000000000000000000"
@@ -270,8 +271,10 @@ def test_retry_without_a_run_is_bad_input(
 
 
 def test_status_reads_a_running_checkpoint_without_touching_it(tmp_path: Path) -> None:
-    """While a throttled run sends, `status` reports it running with a rate and time left; the
-    run is not disturbed (it finishes with exit 0) and status leaves no file behind."""
+    """While a run sends, `status` reports it running with a rate and time left; the run is
+    not disturbed (it finishes with exit 0) and status leaves no file behind. The run is
+    stopped (SIGSTOP) while status reads, so what status sees does not race the sending;
+    how the rate is figured is test_status_rates_the_last_minute_of_sending's."""
     seed = write_seed(tmp_path / "seed.json")
     with EmulatorServer(EmulatorConfig(seed=seed, random_seed=3)) as emu:
         extract = write_extract(tmp_path / "extract.csv", list(range(PROFILES)))
@@ -286,12 +289,14 @@ def test_status_reads_a_running_checkpoint_without_touching_it(tmp_path: Path) -
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
+        out = tmp_path / "out"
         try:
-            deadline = time.monotonic() + 60
-            while patches(emu) < 150:
-                assert proc.poll() is None and time.monotonic() < deadline
+            for _ in range(600):  # a hang guard, not a speed limit: the run is throttled
+                assert proc.poll() is None
+                if finished(out) >= 100:
+                    break
                 time.sleep(0.1)
-            out = tmp_path / "out"
+            proc.send_signal(signal.SIGSTOP)
             before = sorted(p.name for p in out.iterdir())
             seen = status(job)
             assert sorted(p.name for p in out.iterdir()) == before
@@ -299,10 +304,13 @@ def test_status_reads_a_running_checkpoint_without_touching_it(tmp_path: Path) -
             assert s["state"] == "running" and s["pid"] == proc.pid
             assert 100 <= s["units"]["finished"] < PROFILES
             assert s["units"]["total"] == PROFILES
-            assert 50 < s["rate_last_minute"] < 200
-            assert s["seconds_left"] is not None and s["seconds_left"] > 0
+            unfinished = s["units"]["pending"] + s["units"]["in_flight"]
+            assert s["units"]["finished"] + unfinished == PROFILES
+            assert s["rate_last_minute"] > 0
+            assert abs(s["seconds_left"] - unfinished / s["rate_last_minute"]) <= 1
             assert f"running (pid {proc.pid})" in seen.text
-            assert proc.wait(60) == 0, proc.stderr.read() if proc.stderr else ""
+            proc.send_signal(signal.SIGCONT)
+            assert proc.wait(120) == 0, proc.stderr.read() if proc.stderr else ""
         finally:
             if proc.poll() is None:
                 proc.kill()
@@ -313,6 +321,55 @@ def test_status_reads_a_running_checkpoint_without_touching_it(tmp_path: Path) -
     done = status(job).summary
     assert (done["state"], done["exit_code"], done["pid"]) == ("finished", 0, None)
     assert done["units"]["finished"] == done["units"]["updated"] == PROFILES
+    assert done["seconds_left"] is None
+
+
+def plan_units(path: Path, count: int) -> None:
+    """A plan.parquet of ``count`` empty patches, to build a checkpoint from."""
+    pl.DataFrame(
+        {
+            "key": [f"{profile_id(i)}#0" for i in range(count)],
+            "profile_id": [profile_id(i) for i in range(count)],
+            "action": ["patch"] * count,
+            "body": ['{"traits":{}}'] * count,
+            "hash": ["h"] * count,
+            "rows": [1] * count,
+        }
+    ).write_parquet(path)
+
+
+def finished(out: Path) -> int:
+    """Units the run in ``out`` has finished; 0 while its run file is still being made."""
+    try:
+        progress = read_progress(out / "run.sqlite")
+    except BackfillError:  # created, but its tables not yet
+        return 0
+    return progress.counts["done"] + progress.counts["failed"]
+
+
+def test_status_rates_the_last_minute_of_sending(tmp_path: Path) -> None:
+    """Units a second over the last minute of finishing times, and the time left at that rate:
+    20 units long before, then 130 at 100/s; 350 left; this process holds the run's lock."""
+    extract = write_extract(tmp_path / "extract.csv", list(range(PROFILES)))
+    job = write_job(tmp_path, "http://127.0.0.1:9", extract)
+    out = tmp_path / "out"
+    out.mkdir()
+    plan_units(tmp_path / "plan.parquet", PROFILES)
+    with RunDB(out / "run.sqlite") as db:
+        db.replace_units(tmp_path / "plan.parquet")
+        db.set_meta(plan={"rows": PROFILES})
+    with sqlite3.connect(out / "run.sqlite") as raw:
+        raw.execute(  # 20 units of an earlier minute, then 130 at 100/s
+            "UPDATE units SET state = 'done', outcome = 'updated', finished_at = "
+            "CASE WHEN seq <= 20 THEN 1000.0 + seq ELSE 1100.0 + (seq - 21) * 0.01 END "
+            "WHERE seq <= 150"
+        )
+    with RunLock(out, "run"):
+        s = status(job).summary
+    # first to last finish is 100.29 s, so the window is the last 60 s, holding the 130
+    assert s["state"] == "running" and s["pid"] == os.getpid()
+    assert s["rate_last_minute"] == round(130 / 60.0, 3)
+    assert s["seconds_left"] == round(350 / (130 / 60.0))
 
 
 def test_status_names_an_interrupted_run(emulator: EmulatorServer, tmp_path: Path) -> None:
@@ -348,17 +405,7 @@ def test_status_rates_only_what_was_sent(tmp_path: Path) -> None:
     """Units an incremental plan skipped all finish at once; they are no sending rate."""
     out = tmp_path / "out"
     out.mkdir()
-    units = pl.DataFrame(
-        {
-            "key": [f"{profile_id(i)}#0" for i in range(1010)],
-            "profile_id": [profile_id(i) for i in range(1010)],
-            "action": ["patch"] * 1010,
-            "body": ['{"traits":{}}'] * 1010,
-            "hash": ["h"] * 1010,
-            "rows": [1] * 1010,
-        }
-    )
-    units.write_parquet(tmp_path / "plan.parquet")
+    plan_units(tmp_path / "plan.parquet", 1010)
     with RunDB(out / "run.sqlite") as db:
         db.replace_units(tmp_path / "plan.parquet")
     with sqlite3.connect(out / "run.sqlite") as raw:

@@ -40,7 +40,7 @@ CREATE TABLE IF NOT EXISTS lookups (
     id_type TEXT NOT NULL,
     value TEXT NOT NULL,
     profiles TEXT NOT NULL,          -- JSON list of canonical profile IDs, earliest first
-    asked_at REAL NOT NULL,
+    asked_at REAL NOT NULL,          -- time.time() of the answer; older than the TTL = ask again
     PRIMARY KEY (store_id, id_type, value)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -223,27 +223,40 @@ class RunDB:
             raise StorageError(f"cannot open the run file {path}: {exc}") from exc
 
     def cached_lookups(
-        self, store_id: str, pairs: Iterable[tuple[str, str]]
+        self,
+        store_id: str,
+        pairs: Iterable[tuple[str, str]],
+        *,
+        now: float,
+        max_age: float,
+        max_age_empty: float,
     ) -> dict[tuple[str, str], list[str]]:
-        """The cached answers among ``pairs`` of (id_type, normalized value)."""
+        """The cached answers among ``pairs`` of (id_type, normalized value) asked at most
+        ``max_age`` seconds before ``now`` (``max_age_empty`` for "no profile" answers). An
+        answer dated after ``now`` (the clock went back) is not trusted either."""
         found: dict[tuple[str, str], list[str]] = {}
         wanted = list(pairs)
         for start in range(0, len(wanted), 400):
             chunk = wanted[start : start + 400]
             clause = " OR ".join(["(id_type = ? AND value = ?)"] * len(chunk))
             params = [store_id] + [x for pair in chunk for x in pair]
-            for id_type, value, profiles in self._db.execute(
-                f"SELECT id_type, value, profiles FROM lookups WHERE store_id = ? AND ({clause})",  # noqa: S608 - placeholders only
+            for id_type, value, profiles, asked_at in self._db.execute(
+                "SELECT id_type, value, profiles, asked_at FROM lookups "  # noqa: S608 - placeholders only
+                f"WHERE store_id = ? AND ({clause})",
                 params,
             ):
-                found[(id_type, value)] = json.loads(profiles)
+                answer = json.loads(profiles)
+                if 0.0 <= now - asked_at <= (max_age if answer else max_age_empty):
+                    found[(id_type, value)] = answer
         return found
 
-    def cache_lookups(self, store_id: str, answers: dict[tuple[str, str], list[str]]) -> None:
-        """Keep answered lookups; committed at once, so a killed run keeps what it learned."""
+    def cache_lookups(
+        self, store_id: str, answers: dict[tuple[str, str], list[str]], *, now: float
+    ) -> None:
+        """Keep answered lookups, dated ``now``; committed at once, so a killed run keeps what
+        it learned. Only answers about the person belong here, never a failed request."""
         if not answers:
             return
-        now = time.time()
         with self._transaction():
             self._db.executemany(
                 "INSERT OR REPLACE INTO lookups VALUES (?, ?, ?, ?, ?)",

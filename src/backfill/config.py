@@ -59,6 +59,9 @@ class Identifier:
     default_region: str = "US"
 
 
+NO_PROFILE_TTL = 3600.0
+
+
 @dataclass(frozen=True)
 class Identity:
     identifiers: tuple[Identifier, ...] = ()
@@ -67,6 +70,18 @@ class Identity:
     lookup: bool = True
     on_unresolved: Literal["report", "create"] = "report"
     on_ambiguous: Literal["report", "first"] = "report"
+    # Seconds a plan reuses a cached Lookup answer (0: never); "no profile" answers at most
+    # NO_PROFILE_TTL of them (see ``no_profile_ttl``).
+    lookup_ttl: float = 24 * 3600.0
+
+    @property
+    def no_profile_ttl(self) -> float:
+        """How long a "no profile" answer is reused: the person may be created in Memory at any
+        time (by live traffic), and a stale "no profile" loses their rows, while a stale "this
+        profile" is still the person (a merge answers 308 with the canonical one). An hour keeps
+        a plan and its run, or a run and its reconcile, from asking twice, and a nightly job
+        asks again every night."""
+        return min(self.lookup_ttl, NO_PROFILE_TTL)
 
 
 @dataclass(frozen=True)
@@ -282,7 +297,7 @@ def _encoding(r: _Reader, name: str) -> str:
 
 def _identity(r: _Reader) -> Identity:
     r.only("profile_id_column", "identity_map", "lookup", "on_unresolved", "on_ambiguous",
-           "identifiers")  # fmt: skip
+           "identifiers", "lookup_ttl")  # fmt: skip
     raw = r.table.get("identifiers", [])
     if not isinstance(raw, list):
         raise r.error("identifiers", "must be an array of tables ([[identity.identifiers]])")
@@ -320,7 +335,27 @@ def _identity(r: _Reader) -> Identity:
         r.boolean("lookup", True),
         r.choice("on_unresolved", ("report", "create"), "report"),  # type: ignore[arg-type]
         r.choice("on_ambiguous", ("report", "first"), "report"),  # type: ignore[arg-type]
+        _duration(r, "lookup_ttl", 24 * 3600.0),
     )
+
+
+DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$")
+DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def _duration(r: _Reader, key: str, default: float) -> float:
+    """Seconds, from a number of seconds or a string such as "90s", "30m", "24h", "7d"."""
+    value = r.table.get(key, default)
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    elif isinstance(value, str) and (match := DURATION.match(value)):
+        seconds = float(match[1]) * DURATION_UNITS[match[2]]
+    else:
+        raise r.error(key, f'must be seconds or a duration such as "90s", "30m", "24h", "7d" '
+                           f"(got {value!r})")  # fmt: skip
+    if not 0 <= seconds < float("inf"):
+        raise r.error(key, f"must be 0 (never reuse) or more (got {value!r})")
+    return seconds
 
 
 def _traits(r: _Reader, default_nulls: str) -> tuple[TraitMapping, ...]:

@@ -166,13 +166,17 @@ def build_plan(
     keep_rows: bool = False,
     keep_values: bool = False,
     into: Path | None = None,
+    refresh_lookups: bool = False,
+    clock: Callable[[], float] = time.time,
 ) -> PlanResult:
     """The plan stages; ``keep_rows`` also writes rows.parquet (which rows feed which target),
     which ``run`` needs to name the source rows behind a failed request; ``keep_values`` writes
     values.parquet (each resolved row's typed trait values), from which ``reconcile`` names the
     row behind each expected value. ``into``: write the plan's files there instead of the
     output folder, whose run files stay untouched (the lookup cache and the embedded
-    emulator's state are still the output folder's, so rows resolve as the run's did)."""
+    emulator's state are still the output folder's, so rows resolve as the run's did).
+    ``refresh_lookups`` asks Lookup again instead of reusing cached answers; ``clock`` dates
+    them (wall time: ``identity.lookup_ttl`` spans runs)."""
     started = time.monotonic()
     files = source_files(job)
     check_columns(job, files)
@@ -204,7 +208,7 @@ def build_plan(
         pairs = open_pairs(job, mapped, candidates)
         looked_up = job.identity.lookup and not offline
         if looked_up and pairs.height:
-            found, stats = _lookups(job, pairs, out, quiet)
+            found, stats = _lookups(job, pairs, out, quiet, refresh_lookups, clock)
             candidates = pl.concat([candidates, found])
         resolved = resolve(job, mapped, candidates, looked_up=looked_up)
         if not candidates.is_empty():
@@ -307,13 +311,19 @@ def _empty_mapped(job: Job, schema: pl.Schema | None = None) -> pl.DataFrame:
 
 
 def _lookups(
-    job: Job, pairs: pl.DataFrame, out: Path, quiet: bool
+    job: Job,
+    pairs: pl.DataFrame,
+    out: Path,
+    quiet: bool,
+    refresh: bool,
+    clock: Callable[[], float],
 ) -> tuple[pl.DataFrame, LookupStats]:
-    """Cached answers first; the network (and credentials) only for what is left."""
+    """Fresh cached answers first (none with ``refresh``); the network (and credentials) only
+    for what is left."""
     from backfill.target import open_target
 
     with RunDB(out / RUN_FILE) as db:
-        known, todo = cached_candidates(job, pairs, db)
+        known, todo = cached_candidates(job, pairs, db, now=clock(), refresh=refresh)
         if todo.is_empty():
             return known, LookupStats(cached=known.height)
 
@@ -323,7 +333,9 @@ def _lookups(
                 _bar(quiet, desc="lookups", unit=" ids", total=todo.height) as bar,
             ):
                 async with target.client(job) as client:
-                    return await lookup_candidates(job, todo, client, db, progress=bar.update)
+                    return await lookup_candidates(
+                        job, todo, client, db, progress=bar.update, clock=clock
+                    )
 
         found, stats = run_async(ask)
     stats.cached = known.height
@@ -418,7 +430,15 @@ def run(
             _remember(job, db)
         db.set_meta(planning_started=time.time())
         # Planned aside: until the checkpoint holds the new units, the last run's files stay.
-        plan_result = build_plan(job, quiet=quiet, keep_rows=True, into=out / STAGING_DIR)
+        # --restart / --full: the nightly extract names people created since the last night,
+        # so no cached answer is trusted; a first run reuses what `plan` asked.
+        plan_result = build_plan(
+            job,
+            quiet=quiet,
+            keep_rows=True,
+            into=out / STAGING_DIR,
+            refresh_lookups=restart or full,
+        )
         db.set_meta(plan=None)  # killed from here to the next set_meta: the next run re-plans
         db.replace_units(plan_result.plan_path)
         skipped = 0

@@ -4,7 +4,7 @@
 ``__target``, ``__outcome`` and ``__reason`` to the mapped rows. Its inputs come from
 ``identity_map_candidates`` (a join table from an export) and ``lookup_candidates`` (each
 distinct still-open identifier asked once, concurrently, under the run's token bucket, answers
-cached in the run's SQLite file).
+cached in the run's SQLite file for ``identity.lookup_ttl``; "no profile" for at most an hour).
 
 Per row, in this order: a valid profile ID column value wins. Otherwise each identifier, in the
 job's priority order, gets its candidate profiles (from the map if the map knows the value, else
@@ -15,6 +15,7 @@ later identifier names only other profiles -> ``conflict`` (both are reported).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -28,7 +29,7 @@ from backfill.errors import ConfigError
 from backfill.mapping import PID, PROFILE_ID_PATTERN, identifier_column, normalize_column
 
 if TYPE_CHECKING:
-    from backfill.client import MemoryClient
+    from backfill.client import MemoryClient, Reply
 
 TARGET = "__target"
 OUTCOME = "__outcome"
@@ -132,13 +133,25 @@ class LookupStats:
 
 
 def cached_candidates(
-    job: Job, pairs: pl.DataFrame, db: RunDB
+    job: Job, pairs: pl.DataFrame, db: RunDB, *, now: float, refresh: bool = False
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """(candidates the run file already knows, the pairs still to ask)."""
-    store = job.connection.store_id
-    id_types = [i.id_type for i in job.identity.identifiers]
+    """(candidates the run file knows from answers still fresh at ``now``, the pairs to ask).
+
+    ``refresh`` (``run --restart`` / ``--full``) trusts no cached answer: everything is asked
+    again, and the new answers replace the old. ``identity.lookup_ttl`` = 0 never reuses one.
+    """
+    identity = job.identity
+    id_types = [i.id_type for i in identity.identifiers]
     wanted = [(int(k), v) for k, v in pairs.iter_rows()]
-    cached = db.cached_lookups(store, [(id_types[k], v) for k, v in wanted])
+    cached: dict[tuple[str, str], list[str]] = {}
+    if not refresh and identity.lookup_ttl > 0:
+        cached = db.cached_lookups(
+            job.connection.store_id,
+            [(id_types[k], v) for k, v in wanted],
+            now=now,
+            max_age=identity.lookup_ttl,
+            max_age_empty=identity.no_profile_ttl,
+        )
     rows = [(k, v, BY_LOOKUP, cached[(id_types[k], v)], None) for k, v in wanted
             if (id_types[k], v) in cached]  # fmt: skip
     todo = [(k, v) for k, v in wanted if (id_types[k], v) not in cached]
@@ -148,6 +161,15 @@ def cached_candidates(
     )
 
 
+def _lookup_failure(reply: Reply) -> str:
+    """The reason a Lookup gave no answer about the person, for the rows that needed it."""
+    what = f"HTTP {reply.status}" if reply.status else "no response"
+    detail = f" (code {reply.code}: {reply.message})" if reply.code else ""
+    if reply.status is None and reply.message:
+        detail = f" ({reply.message})"
+    return f"lookup failed after {reply.attempts} attempt(s): {what}{detail}"
+
+
 async def lookup_candidates(
     job: Job,
     pairs: pl.DataFrame,
@@ -155,8 +177,15 @@ async def lookup_candidates(
     db: RunDB,
     *,
     progress: Callable[[int], object] | None = None,
+    clock: Callable[[], float] = time.time,
 ) -> tuple[pl.DataFrame, LookupStats]:
-    """Ask Lookup once per pair, ``send.concurrency`` at a time; answers are cached as they come."""
+    """Ask Lookup once per pair, ``send.concurrency`` at a time; answers are cached as they come,
+    dated by ``clock`` (wall time: the cache outlives the process).
+
+    Only a 200 is an answer about the person ("no profile" is a 200 with no IDs). Anything else
+    is a failure, reported on the pair's rows and never cached, a 404 included: the API answers
+    404 for a store (or route) that does not exist, which says nothing about the person.
+    """
     store = job.connection.store_id
     id_types = [i.id_type for i in job.identity.identifiers]
     todo = [(int(k), v) for k, v in pairs.iter_rows()]
@@ -176,19 +205,11 @@ async def lookup_candidates(
                 found = [p for p in reply.body.get("profiles", []) if isinstance(p, str)]
                 answers[(id_types[k], value)] = found
                 rows.append((k, value, BY_LOOKUP, found, None))
-            elif reply.status == 404:
-                answers[(id_types[k], value)] = []
-                rows.append((k, value, BY_LOOKUP, [], None))
             else:
                 stats.failed += 1
-                what = f"HTTP {reply.status}" if reply.status else "no response"
-                detail = f" (code {reply.code}: {reply.message})" if reply.code else ""
-                if reply.status is None and reply.message:
-                    detail = f" ({reply.message})"
-                error = f"lookup failed after {reply.attempts} attempt(s): {what}{detail}"
-                rows.append((k, value, BY_LOOKUP, [], error))
+                rows.append((k, value, BY_LOOKUP, [], _lookup_failure(reply)))
             if len(answers) >= 200:
-                db.cache_lookups(store, dict(answers))
+                db.cache_lookups(store, dict(answers), now=clock())
                 answers.clear()
             if progress is not None:
                 progress(1)
@@ -198,7 +219,7 @@ async def lookup_candidates(
             for _ in range(max(1, min(job.send.concurrency, len(todo)))):
                 tg.start_soon(worker)
     finally:
-        db.cache_lookups(store, answers)
+        db.cache_lookups(store, answers, now=clock())
     frame = pl.DataFrame(rows, schema=CANDIDATE_SCHEMA, orient="row")
     return frame, stats
 
