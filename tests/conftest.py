@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,3 +26,23 @@ def store_id() -> str:
 
 
 STORE_ID = "mem_store_01jtest0000000000000000000"
+
+
+@pytest.fixture
+def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Subprocesses a test starts; whatever is still alive at the end is killed."""
+    started: list[subprocess.Popen[bytes]] = []
+    yield started
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(30)
+
+
+@pytest.fixture
+def emulator_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The emulator's default credential pair as the environment's only Twilio credentials."""
+    for name in ("TWILIO_API_KEY", "TWILIO_API_SECRET"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("TWILIO_ACCOUNT_SID", "AC00000000000000000000000000000000")
+    monkeypatch.setenv("TWILIO_AUTH_TOKEN", "emulator")

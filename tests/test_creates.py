@@ -16,7 +16,6 @@ import sqlite3  # noqa: TID251 - the test reads the checkpoint the way an operat
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -197,16 +196,6 @@ def test_creates_split_in_chunks_land_on_one_profile(
     for target, (first, second) in by_target.items():
         assert (first["outcome"], second["outcome"]) == ("created", "updated"), target
         assert first["sent_to"] == second["sent_to"] is not None
-
-
-@pytest.fixture
-def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
-    started: list[subprocess.Popen[bytes]] = []
-    yield started
-    for proc in started:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(30)
 
 
 def test_kill_9_during_creates_makes_no_second_profile(

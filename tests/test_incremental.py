@@ -102,12 +102,7 @@ def emulator(tmp_path: Path) -> Iterator[EmulatorServer]:
         yield server
 
 
-@pytest.fixture(autouse=True)
-def env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("TWILIO_API_KEY", "TWILIO_API_SECRET"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("TWILIO_ACCOUNT_SID", SID)
-    monkeypatch.setenv("TWILIO_AUTH_TOKEN", TOKEN)
+pytestmark = pytest.mark.usefixtures("emulator_credentials")
 
 
 def patches(emu: EmulatorServer) -> int:

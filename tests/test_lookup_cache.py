@@ -30,12 +30,7 @@ SID, TOKEN = "AC00000000000000000000000000000000", "emulator"
 DAY = 24 * 3600.0
 
 
-@pytest.fixture(autouse=True)
-def env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("TWILIO_API_KEY", "TWILIO_API_SECRET"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("TWILIO_ACCOUNT_SID", SID)
-    monkeypatch.setenv("TWILIO_AUTH_TOKEN", TOKEN)
+pytestmark = pytest.mark.usefixtures("emulator_credentials")
 
 
 class Clock:
