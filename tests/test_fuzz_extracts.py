@@ -543,6 +543,7 @@ def check_errors(
             messages[key] = line["message"]
         if line["outcome"] == "profile_not_found":
             assert line["status"] == "404", line
+            assert line["profile_id"] in expected.not_found, line
     want = {(v.file, v.row): v.outcomes for v in expected.rows if v.outcomes}
     assert got == want
     for v in expected.rows:
@@ -557,6 +558,9 @@ def check_summary(out: Path, expected: Expected, exit_code: int) -> None:
     rows = summary["rows"]
     landing = [v.landing for v in expected.rows]
     assert rows["read"] == len(expected.rows)
+    # No request may fail: every cell the service would refuse is caught per cell before.
+    assert summary["units"]["failed"] == 0
+    assert summary["units"]["profile_not_found"] == len(expected.not_found)
     if "outcomes" in ENABLED:
         assert rows == {
             "read": len(expected.rows),
