@@ -66,6 +66,26 @@ class JobSpec:
     identifiers: tuple[IdRule, ...]
     traits: tuple[Trait, ...]
     check_limits: bool  # strings > 1,024 characters and arrays > 100 items are bad cells
+    # The identity map as (id_type, value, profile_id) lines, as written in its file.
+    identity_map: tuple[tuple[str, str, str], ...] = ()
+
+    def map_index(self) -> dict[str, dict[str, tuple[str, ...]]]:
+        """id_type -> normalized value -> profiles, from the identity map: values normalized
+        like the extract's (unreadable ones dropped), malformed profile IDs ignored."""
+        rules = {r.id_type: r for r in self.identifiers}
+        index: dict[str, dict[str, list[str]]] = {}
+        for id_type, raw, pid in self.identity_map:
+            rule = rules.get(id_type.strip())
+            if rule is None or not PROFILE_ID.match(pid.strip()):
+                continue
+            try:
+                value = normalize(raw, rule.normalization, rule.default_region)
+            except InvalidIdentifierError:
+                continue
+            owners = index.setdefault(rule.id_type, {}).setdefault(value, [])
+            if pid.strip() not in owners:
+                owners.append(pid.strip())
+        return {t: {v: tuple(p) for v, p in values.items()} for t, values in index.items()}
 
 
 @dataclass(frozen=True)
@@ -233,7 +253,10 @@ def _resolve(
     verdict: RowVerdict,
     bad: Callable[[str], None],
 ) -> str | None:
-    """README step 3 without a profile ID: the first identifier with candidates decides."""
+    """README step 3 without a profile ID: each identifier's candidates come from the identity
+    map when it knows the value, else from Lookup (the store); the first with candidates
+    decides."""
+    known = spec.map_index()
     found: list[tuple[str, ...]] = []
     for rule in spec.identifiers:
         text = _text(row.get(rule.column))
@@ -246,7 +269,11 @@ def _resolve(
             bad(rule.column)
             found.append(())
             continue
-        found.append(store.index.get(rule.id_type, {}).get(value, ()))
+        mapped = known.get(rule.id_type, {})
+        if value in mapped:
+            found.append(mapped[value])
+        else:
+            found.append(store.index.get(rule.id_type, {}).get(value, ()))
     decider = next((c for c in found if c), None)
     if decider is None:
         verdict.outcomes.add("unresolved")

@@ -50,6 +50,7 @@ ON_MAIN = frozenset(
         "blank_lines",  # empty and white-space-only lines inside and at the end of a CSV
         "quoting",  # quoted cells with commas, quotes, newlines; CRLF files
         "parquet",  # some files as Parquet (string columns)
+        "identity_map",  # an identity map that knows some people, one of them otherwise
     }
 )
 # Each needs a branch of issue 9 merged first (the oracle side is written already).
@@ -176,10 +177,24 @@ SPEC = JobSpec(
         Trait("Loyalty", "note", "note"),
     ),
     check_limits="over_limit" in ENABLED,
+    identity_map=(
+        ("email", " MAP-ONLY@example.com ", BO),  # Lookup does not know it; normalized
+        ("phone", "(317) 555-0077", DI),  # a number the store does not hold
+        ("email", "eve@example.com", DI),  # the map wins over what Lookup would say
+        ("crm_id", "c-99", CY),
+        ("crm_id", "c-99", BO),  # two profiles: ambiguous
+        ("crm_id", "c-4", "mem_profile_bogus"),  # not a profile ID: ignored
+        ("phone", "not a phone", ADA),  # unreadable: ignored
+        ("fax", "123", ADA),  # an id_type the job does not use
+    )
+    if "identity_map" in ENABLED
+    else (),
 )
 
 
-def job_text(paths: Sequence[Path], out: Path, url: str, encoding: str | None) -> str:
+def job_text(
+    paths: Sequence[Path], out: Path, url: str, encoding: str | None, identity_map: Path | None
+) -> str:
     """The job file the test runs: SPEC written as TOML."""
     source = [f"paths = {json.dumps([str(p) for p in paths])}", 'order_by = "updated_at"',
               "batch_rows = 1000"]  # fmt: skip
@@ -195,6 +210,8 @@ def job_text(paths: Sequence[Path], out: Path, url: str, encoding: str | None) -
         "[identity]",
         'profile_id_column = "profile_id"',
     ]
+    if identity_map is not None:
+        lines.append(f"identity_map = {json.dumps(str(identity_map))}")
     for rule in SPEC.identifiers:
         lines += [
             "[[identity.identifiers]]",
@@ -255,7 +272,8 @@ def _pool(*items: tuple[str, str | None]) -> st.SearchStrategy[str | None]:
 PROFILE_IDS = _pool(("", None), ("", ""), ("", ADA), ("", f"  {DI} "), ("", BO),
                     ("missing_profile", GHOST), ("merged", MO),
                     ("bad_cells", "mem_profile_bogus"), ("bad_cells", ADA.upper()))  # fmt: skip
-EMAILS = _pool(("", None), ("", "ada@example.com"), ("meet", " ADA@Example.COM "),
+EMAILS = _pool(("", None), ("", "ada@example.com"), ("identity_map", "map-only@example.com"),
+               ("meet", " ADA@Example.COM "),
                ("meet", "mo@example.com"), ("", "bo@example.com"), ("meet", "c y@example.com"),
                ("", "eve@example.com"), ("unresolvable", "nobody@example.com"),
                ("unresolvable", "not an email"))  # fmt: skip
@@ -638,7 +656,12 @@ def test_messy_extracts_land_as_the_oracle_says(extract: Extract, workdir: Path)
         with emulator(folder) as emu:
             baseline = fetch_state(emu.url, emu.auth)
             job = folder / "job.toml"
-            job.write_text(job_text(paths, out, emu.url, extract.encoding))
+            map_path = None
+            if SPEC.identity_map:
+                map_path = folder / "identity_map.csv"
+                pl.DataFrame(SPEC.identity_map, schema=["id_type", "value", "profile_id"],
+                             orient="row").write_csv(map_path)  # fmt: skip
+            job.write_text(job_text(paths, out, emu.url, extract.encoding, map_path))
             result = run_job(job, quiet=True)
             state = fetch_state(emu.url, emu.auth)
         store = seed_store(SEED, PROMOTED)
