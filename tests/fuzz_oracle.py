@@ -31,6 +31,7 @@ Row = Mapping[str, Cell] | str  # cells by column, or RAGGED
 
 MAX_STRING = 1024  # memory-api.md: trait string values up to 1,024 characters
 MAX_ITEMS = 100  # memory-api.md: arrays up to 100 items
+MAX_EXACT = 2**53  # JSON numbers are doubles: a whole number beyond this would land changed
 PROFILE_ID = re.compile(r"^mem_profile_[0-7][0-9a-z]{25}$")
 NUMBER = re.compile(r"^[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?$")
 TRUE = ("true", "yes", "y", "t", "1")
@@ -181,6 +182,8 @@ def coerce(trait: Trait, text: str, check_limits: bool) -> tuple[bool, Any]:
     UNSET means the cell carries nothing (an ARRAY cell of separators only)."""
     if trait.type == "NUMBER":
         if not NUMBER.match(text):
+            return False, None
+        if check_limits and text.lstrip("+-").isdigit() and abs(int(text)) > MAX_EXACT:
             return False, None
         number = float(text)
         if not math.isfinite(number):
