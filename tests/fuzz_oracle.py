@@ -166,6 +166,8 @@ def _text(cell: Cell) -> str | None:
 
 
 def _order(cell: Cell) -> datetime | None:
+    if isinstance(cell, datetime):  # a typed Parquet column
+        return cell if cell.tzinfo is not None else cell.replace(tzinfo=UTC)
     text = _text(cell)
     if text is None:
         return None
@@ -209,6 +211,21 @@ def coerce(trait: Trait, text: str, check_limits: bool) -> tuple[bool, Any]:
     return True, text
 
 
+def coerce_typed(trait: Trait, cell: Any, check_limits: bool) -> tuple[bool, Any]:
+    """``coerce`` for a typed Parquet cell: a float, a bool or a list of strings."""
+    if trait.type == "ARRAY" and isinstance(cell, list):
+        return coerce(Trait(trait.group, trait.name, trait.column, "ARRAY", "\0"),
+                      "\0".join(cell) if cell else "", check_limits)  # fmt: skip
+    if trait.type == "NUMBER" and isinstance(cell, int | float) and not isinstance(cell, bool):
+        if not math.isfinite(cell):
+            return False, None
+        number = float(cell)
+        return True, int(number) if number.is_integer() and abs(number) < 2**53 else number
+    if trait.type == "BOOLEAN" and isinstance(cell, bool):
+        return True, cell
+    raise AssertionError(f"the fuzz test writes no {type(cell).__name__} for a {trait.type}")
+
+
 def judge_row(spec: JobSpec, store: Store, file: int, number: int, row: Row) -> RowVerdict:
     """The oracle for one row: its problems, target and trait values."""
     verdict = RowVerdict(file, number)
@@ -236,12 +253,15 @@ def judge_row(spec: JobSpec, store: Store, file: int, number: int, row: Row) -> 
         cell = row.get(trait.column)
         if cell is BAD:
             continue
-        text = _text(cell)
-        if text is None:
-            if trait.delete_blanks:
-                verdict.values[j] = None
-            continue
-        ok, value = coerce(trait, text, spec.check_limits)
+        if isinstance(cell, bool | int | float | list):  # a typed Parquet cell
+            ok, value = coerce_typed(trait, cell, spec.check_limits)
+        else:
+            text = _text(cell)
+            if text is None:
+                if trait.delete_blanks:
+                    verdict.values[j] = None
+                continue
+            ok, value = coerce(trait, text, spec.check_limits)
         if not ok:
             bad(trait.column)
         elif value is not UNSET:

@@ -8,7 +8,7 @@ back over the API and compares it, and errors.csv and summary.json, with ``fuzz_
 Each kind of mess has a switch in ``ENABLED``. Some need work that is on other branches of
 issue 9 (see ``PENDING``); the integrator turns them on after merging, or tries them with
 ``FUZZ_FEATURES=+ragged,+encodings`` in the environment (``-name`` turns one off).
-Other knobs: ``FUZZ_EXAMPLES`` (default 30, ~12 s), ``FUZZ_RANDOM=1`` (fresh examples instead of
+Other knobs: ``FUZZ_EXAMPLES`` (default 40, ~15 s), ``FUZZ_RANDOM=1`` (fresh examples instead of
 CI's fixed ones), ``FUZZ_SHRINK=0`` (report the first failure as drawn; shrinking takes minutes).
 """
 
@@ -23,6 +23,7 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,9 @@ PENDING = {
     # ARRAY cells with white-space-only items ("a; ;b"): mapping strips items but filters on
     # the unstripped text, so [""] or ["a", "", "b"] is sent (found by this test).
     "blank_items": "cells",
+    # Parquet with typed columns: Float64 NUMBER (NaN, inf), Boolean, List(String) ARRAY,
+    # Datetime order_by beside CSV text timestamps.
+    "typed_parquet": "cells+source",
 }
 
 
@@ -253,6 +257,7 @@ class SourceFile:
     name: str
     rows: list[RawRow]
     parquet: bool
+    typed: bool  # Parquet with typed columns (see TYPED)
     crlf: bool
     quote_all: bool
     trailing_blank: bool
@@ -438,6 +443,7 @@ def extracts(draw: st.DrawFn) -> Extract:
                 name=f"part-{i}.{'parquet' if parquet else 'csv'}",
                 rows=rows,
                 parquet=parquet,
+                typed=parquet and "typed_parquet" in ENABLED and draw(st.booleans()),
                 crlf="quoting" in ENABLED and draw(st.booleans()),
                 quote_all="quoting" in ENABLED and draw(st.booleans()),
                 trailing_blank="blank_lines" in ENABLED and draw(st.booleans()),
@@ -459,13 +465,46 @@ def _csv_cell(cell: RawCell, quote_all: bool, encoding: str) -> bytes:
     return cell.encode(encoding)
 
 
+TYPED: dict[str, pl.DataType] = {
+    "points": pl.Float64(),
+    "opt_in": pl.Boolean(),
+    "tags": pl.List(pl.String()),
+    "updated_at": pl.Datetime("us", "UTC"),
+}
+
+
+def typed_cells(row: dict[str, RawCell]) -> dict[str, Any]:
+    """A drawn row as a typed Parquet file holds it: text that reads as the column's type
+    becomes that value (NaN and inf included), other text becomes null."""
+    out: dict[str, Any] = dict(row)
+    text = {c: v.strip() if isinstance(v, str) else "" for c, v in row.items()}
+    number = text["points"]
+    try:
+        out["points"] = float(number) if number and "_" not in number else None
+    except ValueError:
+        out["points"] = None
+    words = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
+    out["opt_in"] = words.get(text["opt_in"].lower())
+    out["tags"] = text["tags"].split(";") if text["tags"] else None
+    out["updated_at"] = None
+    for fmt in ("%Y-%m-%dT%H:%M:%SZ", "%Y-%m-%d %H:%M:%S", "%Y-%m-%d"):
+        try:
+            out["updated_at"] = datetime.strptime(text["updated_at"], fmt).replace(tzinfo=UTC)
+            break
+        except ValueError:
+            continue
+    return out
+
+
 def write_file(folder: Path, file: SourceFile, encoding: str | None) -> tuple[Path, list[int]]:
     """Write ``file``; return its path and the line (1-based, the header is line 1) where each
     of its rows starts."""
     path = folder / file.name
     if file.parquet:
-        columns = {c: [r[c] for r in file.rows if isinstance(r, dict)] for c in COLUMNS}
-        pl.DataFrame(columns, schema=dict.fromkeys(COLUMNS, pl.String)).write_parquet(path)
+        rows = [typed_cells(r) if file.typed else r for r in file.rows if isinstance(r, dict)]
+        columns = {c: [r[c] for r in rows] for c in COLUMNS}
+        schema = {c: TYPED.get(c, pl.String()) if file.typed else pl.String() for c in COLUMNS}
+        pl.DataFrame(columns, schema=schema).write_parquet(path)
         return path, []
     codec = encoding or "utf-8"
     # UTF-16 takes one BOM for the whole file: build it as UTF-8, then encode it once.
@@ -499,6 +538,8 @@ def as_read(file: SourceFile) -> list[Row]:
             rows.append(dict.fromkeys(COLUMNS))
         elif isinstance(row, list):
             rows.append(RAGGED)
+        elif file.typed:
+            rows.append(typed_cells(row))
         else:
             rows.append({c: BAD if isinstance(v, Bytes) else v for c, v in row.items()})
     if file.trailing_blank and not file.parquet:
@@ -626,7 +667,7 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @settings(
-    max_examples=int(os.environ.get("FUZZ_EXAMPLES", "30")),
+    max_examples=int(os.environ.get("FUZZ_EXAMPLES", "40")),
     deadline=None,
     derandomize=not os.environ.get("FUZZ_RANDOM"),  # CI replays the same examples
     # FUZZ_SHRINK=0: report the first failing example as drawn (shrinking can take minutes).
