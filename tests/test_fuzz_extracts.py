@@ -15,6 +15,7 @@ CI's fixed ones), ``FUZZ_SHRINK=0`` (report the first failure as drawn; shrinkin
 from __future__ import annotations
 
 import csv
+import gzip
 import json
 import os
 import re
@@ -52,6 +53,8 @@ ON_MAIN = frozenset(
         "quoting",  # quoted cells with commas, quotes, newlines; CRLF files
         "parquet",  # some files as Parquet (string columns)
         "identity_map",  # an identity map that knows some people, one of them otherwise
+        "delimiters",  # [source] delimiter = ";" or "|" (cells holding it are quoted)
+        "gzip",  # some CSV files as .csv.gz
     }
 )
 # Each needs a branch of issue 9 merged first (the oracle side is written already).
@@ -70,6 +73,7 @@ PENDING = {
     # Parquet with typed columns: Float64 NUMBER (NaN, inf), Boolean, List(String) ARRAY,
     # Datetime order_by beside CSV text timestamps.
     "typed_parquet": "cells+source",
+    "tab_delimiter": "source",  # [source] delimiter = "\t" (main strips it to "" and refuses)
 }
 
 
@@ -197,13 +201,20 @@ SPEC = JobSpec(
 
 
 def job_text(
-    paths: Sequence[Path], out: Path, url: str, encoding: str | None, identity_map: Path | None
+    paths: Sequence[Path],
+    out: Path,
+    url: str,
+    encoding: str | None,
+    identity_map: Path | None,
+    delimiter: str = ",",
 ) -> str:
     """The job file the test runs: SPEC written as TOML."""
     source = [f"paths = {json.dumps([str(p) for p in paths])}", 'order_by = "updated_at"',
               "batch_rows = 1000"]  # fmt: skip
     if encoding is not None:
         source.append(f"encoding = {json.dumps(encoding)}")
+    if delimiter != ",":
+        source.append(f"delimiter = {json.dumps(delimiter)}")
     lines = [
         'name = "fuzz"',
         "[connection]",
@@ -257,6 +268,7 @@ class SourceFile:
     name: str
     rows: list[RawRow]
     parquet: bool
+    gzip: bool
     typed: bool  # Parquet with typed columns (see TYPED)
     crlf: bool
     quote_all: bool
@@ -267,6 +279,7 @@ class SourceFile:
 class Extract:
     files: list[SourceFile]
     encoding: str | None  # the job's [source] encoding (None: the default, UTF-8)
+    delimiter: str  # the job's [source] delimiter
 
 
 def _pool(*items: tuple[str, str | None]) -> st.SearchStrategy[str | None]:
@@ -438,29 +451,36 @@ def extracts(draw: st.DrawFn) -> Extract:
                     parquet = False
                     rows = [draw(_row(encoding))]
         earlier += rows
+        gzipped = not parquet and "gzip" in ENABLED and draw(st.integers(0, 2)) == 0
         files.append(
             SourceFile(
-                name=f"part-{i}.{'parquet' if parquet else 'csv'}",
+                name=f"part-{i}.{'parquet' if parquet else 'csv.gz' if gzipped else 'csv'}",
                 rows=rows,
                 parquet=parquet,
+                gzip=gzipped,
                 typed=parquet and "typed_parquet" in ENABLED and draw(st.booleans()),
                 crlf="quoting" in ENABLED and draw(st.booleans()),
                 quote_all="quoting" in ENABLED and draw(st.booleans()),
                 trailing_blank="blank_lines" in ENABLED and draw(st.booleans()),
             )
         )
-    return Extract(files, encoding)
+    delimiter = ","
+    if "delimiters" in ENABLED:
+        delimiter = draw(
+            st.sampled_from([",", ";", "|", *("\t" for _ in ENABLED & {"tab_delimiter"})])
+        )
+    return Extract(files, encoding, delimiter)
 
 
 # ------------------------------------------------------------------------------ writing
 
 
-def _csv_cell(cell: RawCell, quote_all: bool, encoding: str) -> bytes:
+def _csv_cell(cell: RawCell, quote_all: bool, encoding: str, delimiter: str) -> bytes:
     if cell is None:
         return b""
     if isinstance(cell, Bytes):
         return b'"' + cell.raw + b'"' if quote_all else cell.raw
-    if quote_all or any(c in cell for c in ',"\r\n') or cell != cell.strip():
+    if quote_all or any(c in cell for c in f'{delimiter}"\r\n') or cell != cell.strip():
         cell = '"' + cell.replace('"', '""') + '"'
     return cell.encode(encoding)
 
@@ -496,7 +516,9 @@ def typed_cells(row: dict[str, RawCell]) -> dict[str, Any]:
     return out
 
 
-def write_file(folder: Path, file: SourceFile, encoding: str | None) -> tuple[Path, list[int]]:
+def write_file(
+    folder: Path, file: SourceFile, encoding: str | None, delimiter: str = ","
+) -> tuple[Path, list[int]]:
     """Write ``file``; return its path and the line (1-based, the header is line 1) where each
     of its rows starts."""
     path = folder / file.name
@@ -510,21 +532,24 @@ def write_file(folder: Path, file: SourceFile, encoding: str | None) -> tuple[Pa
     # UTF-16 takes one BOM for the whole file: build it as UTF-8, then encode it once.
     codec_per_cell = "utf-8" if codec == "utf-16" else codec
     newline = b"\r\n" if file.crlf else b"\n"
-    lines = [b",".join(c.encode(codec_per_cell) for c in COLUMNS)]
+    sep = delimiter.encode(codec_per_cell)
+    lines = [sep.join(c.encode(codec_per_cell) for c in COLUMNS)]
     starts: list[int] = []
     for row in file.rows:
         starts.append(sum(line.count(b"\n") + 1 for line in lines) + 1)
         if row is None:
             lines.append(b"")  # (a line of spaces would be a one-field ragged line)
         elif isinstance(row, list):
-            lines.append(b",".join(_csv_cell(f, file.quote_all, codec_per_cell) for f in row))
+            lines.append(
+                sep.join(_csv_cell(f, file.quote_all, codec_per_cell, delimiter) for f in row)
+            )
         else:
-            lines.append(b",".join(_csv_cell(row[c], file.quote_all, codec_per_cell)
+            lines.append(sep.join(_csv_cell(row[c], file.quote_all, codec_per_cell, delimiter)
                                    for c in COLUMNS))  # fmt: skip
     data = newline.join(lines) + newline + (newline if file.trailing_blank else b"")
     if codec == "utf-16":
         data = data.decode("utf-8").encode("utf-16")
-    path.write_bytes(data)
+    path.write_bytes(gzip.compress(data, mtime=0) if file.gzip else data)
     return path, starts
 
 
@@ -689,7 +714,9 @@ def test_messy_extracts_land_as_the_oracle_says(extract: Extract, workdir: Path)
             mp.delenv(variable, raising=False)
         mp.setenv("TWILIO_ACCOUNT_SID", SID)
         mp.setenv("TWILIO_AUTH_TOKEN", TOKEN)
-        written = [write_file(folder, f, extract.encoding) for f in extract.files]
+        written = [
+            write_file(folder, f, extract.encoding, extract.delimiter) for f in extract.files
+        ]
         paths = [path for path, _ in written]
         ragged = {
             (i, n): starts[n - 1]
@@ -706,7 +733,9 @@ def test_messy_extracts_land_as_the_oracle_says(extract: Extract, workdir: Path)
                 map_path = folder / "identity_map.csv"
                 pl.DataFrame(SPEC.identity_map, schema=["id_type", "value", "profile_id"],
                              orient="row").write_csv(map_path)  # fmt: skip
-            job.write_text(job_text(paths, out, emu.url, extract.encoding, map_path))
+            job.write_text(
+                job_text(paths, out, emu.url, extract.encoding, map_path, extract.delimiter)
+            )
             result = run_job(job, quiet=True)
             state = fetch_state(emu.url, emu.auth)
         store = seed_store(SEED, PROMOTED)
