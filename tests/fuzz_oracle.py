@@ -69,6 +69,7 @@ class JobSpec:
     check_limits: bool  # strings > 1,024 characters and arrays > 100 items are bad cells
     # The identity map as (id_type, value, profile_id) lines, as written in its file.
     identity_map: tuple[tuple[str, str, str], ...] = ()
+    ambiguous_first: bool = False  # on_ambiguous = "first": the earliest candidate is the target
 
     def map_index(self) -> dict[str, dict[str, tuple[str, ...]]]:
         """id_type -> normalized value -> profiles, from the identity map: values normalized
@@ -301,7 +302,7 @@ def _resolve(
     if decider is None:
         verdict.outcomes.add("unresolved")
         return None
-    if len(decider) > 1:
+    if len(decider) > 1 and not spec.ambiguous_first:
         verdict.outcomes.add("ambiguous")
         return None
     target = decider[0]

@@ -23,7 +23,7 @@ import tempfile
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -55,6 +55,7 @@ ON_MAIN = frozenset(
         "identity_map",  # an identity map that knows some people, one of them otherwise
         "delimiters",  # [source] delimiter = ";" or "|" (cells holding it are quoted)
         "gzip",  # some CSV files as .csv.gz
+        "ambiguous_first",  # on_ambiguous = "first" in some examples
     }
 )
 # Each needs a branch of issue 9 merged first (the oracle side is written already).
@@ -207,6 +208,7 @@ def job_text(
     encoding: str | None,
     identity_map: Path | None,
     delimiter: str = ",",
+    ambiguous_first: bool = False,
 ) -> str:
     """The job file the test runs: SPEC written as TOML."""
     source = [f"paths = {json.dumps([str(p) for p in paths])}", 'order_by = "updated_at"',
@@ -224,6 +226,7 @@ def job_text(
         *source,
         "[identity]",
         'profile_id_column = "profile_id"',
+        f'on_ambiguous = "{"first" if ambiguous_first else "report"}"',
     ]
     if identity_map is not None:
         lines.append(f"identity_map = {json.dumps(str(identity_map))}")
@@ -280,6 +283,7 @@ class Extract:
     files: list[SourceFile]
     encoding: str | None  # the job's [source] encoding (None: the default, UTF-8)
     delimiter: str  # the job's [source] delimiter
+    ambiguous_first: bool  # the job's on_ambiguous = "first"
 
 
 def _pool(*items: tuple[str, str | None]) -> st.SearchStrategy[str | None]:
@@ -469,7 +473,8 @@ def extracts(draw: st.DrawFn) -> Extract:
         delimiter = draw(
             st.sampled_from([",", ";", "|", *("\t" for _ in ENABLED & {"tab_delimiter"})])
         )
-    return Extract(files, encoding, delimiter)
+    first = "ambiguous_first" in ENABLED and draw(st.booleans())
+    return Extract(files, encoding, delimiter, first)
 
 
 # ------------------------------------------------------------------------------ writing
@@ -734,12 +739,21 @@ def test_messy_extracts_land_as_the_oracle_says(extract: Extract, workdir: Path)
                 pl.DataFrame(SPEC.identity_map, schema=["id_type", "value", "profile_id"],
                              orient="row").write_csv(map_path)  # fmt: skip
             job.write_text(
-                job_text(paths, out, emu.url, extract.encoding, map_path, extract.delimiter)
+                job_text(
+                    paths,
+                    out,
+                    emu.url,
+                    extract.encoding,
+                    map_path,
+                    extract.delimiter,
+                    extract.ambiguous_first,
+                )
             )
             result = run_job(job, quiet=True)
             state = fetch_state(emu.url, emu.auth)
         store = seed_store(SEED, PROMOTED)
-        expected = expect(SPEC, store, [as_read(f) for f in extract.files], baseline)
+        spec = replace(SPEC, ambiguous_first=extract.ambiguous_first)
+        expected = expect(spec, store, [as_read(f) for f in extract.files], baseline)
         for verdict in expected.rows:  # --hypothesis-show-statistics: what was exercised
             event(verdict.landing)
             for outcome in verdict.outcomes:
