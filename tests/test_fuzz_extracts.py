@@ -192,6 +192,8 @@ SPEC = JobSpec(
         ("email", "eve@example.com", DI),  # the map wins over what Lookup would say
         ("crm_id", "c-99", CY),
         ("crm_id", "c-99", BO),  # two profiles: ambiguous
+        ("email", "twins@example.com", CY),  # ambiguous too, CY first
+        ("email", "Twins@example.com", BO),
         ("crm_id", "c-4", "mem_profile_bogus"),  # not a profile ID: ignored
         ("phone", "not a phone", ADA),  # unreadable: ignored
         ("fax", "123", ADA),  # an id_type the job does not use
@@ -295,6 +297,7 @@ PROFILE_IDS = _pool(("", None), ("", ""), ("", ADA), ("", f"  {DI} "), ("", BO),
                     ("missing_profile", GHOST), ("merged", MO),
                     ("bad_cells", "mem_profile_bogus"), ("bad_cells", ADA.upper()))  # fmt: skip
 EMAILS = _pool(("", None), ("", "ada@example.com"), ("identity_map", "map-only@example.com"),
+               ("identity_map", "twins@example.com"),
                ("meet", " ADA@Example.COM "),
                ("meet", "mo@example.com"), ("", "bo@example.com"), ("meet", "c y@example.com"),
                ("", "eve@example.com"), ("unresolvable", "nobody@example.com"),
@@ -306,6 +309,48 @@ PHONES = _pool(("", None), ("", "+13175550001"), ("meet", "(317) 555-0004"),
                ("intl_phones", "+45 32 12 34 56"), ("intl_phones", "+4532123456"))  # fmt: skip
 CRM_IDS = _pool(("", None), ("", "c-1"), ("", " c-4 "), ("unresolvable", "shared-7"),
                 ("unresolvable", "c-99"))  # fmt: skip
+# People as their own rows name them: (feature, column, value). Most rows name one person
+# (blank cells aside), so that they resolve and their traits compete; the rest mix pools freely.
+PEOPLE: dict[str, list[tuple[str, str, str]]] = {
+    "ada": [("", "profile_id", ADA), ("", "email", "ada@example.com"),
+            ("meet", "email", " ADA@Example.COM "), ("", "phone", "+13175550001"),
+            ("meet", "phone", "(317) 555-0001"), ("", "crm_id", "c-1")],
+    "mo": [("meet", "email", "mo@example.com"), ("meet", "phone", "1-317-555-0009"),
+           ("merged", "profile_id", MO)],
+    "bo": [("", "profile_id", BO), ("", "email", "bo@example.com"),
+           ("unresolvable", "crm_id", "shared-7")],
+    "cy": [("meet", "email", "c y@example.com"), ("", "email", "cy@example.com"),
+           ("unresolvable", "crm_id", "shared-7")],
+    "di": [("", "profile_id", f"  {DI} "), ("meet", "phone", "(317) 555-0004"),
+           ("", "phone", "317.555.0004"), ("", "crm_id", " c-4 ")],
+    "eve": [("", "email", "eve@example.com"), ("meet", "phone", "+44 7700 900123")],
+    "twins": [("identity_map", "email", "twins@example.com"),
+              ("unresolvable", "crm_id", "shared-7")],
+    "ghost": [("missing_profile", "profile_id", GHOST)],
+    "nobody": [("unresolvable", "email", "nobody@example.com"),
+               ("unresolvable", "phone", "+13175550077")],
+    "dk": [("intl_phones", "phone", "+45 32 12 34 56"), ("intl_phones", "phone", "+4532123456")],
+    "sg": [("intl_phones", "phone", "+6591234567")],
+}  # fmt: skip
+
+
+@st.composite
+def _identifiers(draw: st.DrawFn) -> dict[str, RawCell]:
+    """A row's identifier cells: one person's (three rows in four), or drawn from the pools."""
+    people = {name: [(c, v) for f, c, v in items if f in ENABLED or f == ""]
+              for name, items in PEOPLE.items()}  # fmt: skip
+    people = {name: items for name, items in people.items() if items}
+    if draw(st.integers(0, 3)) == 0 or not people:
+        return {"profile_id": draw(PROFILE_IDS), "email": draw(EMAILS), "phone": draw(PHONES),
+                "crm_id": draw(CRM_IDS)}  # fmt: skip
+    items = people[draw(st.sampled_from(sorted(people)))]
+    cells: dict[str, RawCell] = dict.fromkeys(("profile_id", "email", "phone", "crm_id"))
+    for column, value in items:
+        if draw(st.booleans()):
+            cells[column] = value
+    return cells
+
+
 STAMPS = st.sampled_from([None, "2026-01-02T03:04:05Z", "2026-01-02 03:04:05", "2026-01-02",
                           "2025-12-31T23:59:59Z", "2026-01-02T00:00:00Z", "yesterday"])  # fmt: skip
 
@@ -393,10 +438,7 @@ def _maybe(draw: st.DrawFn, cell: st.SearchStrategy[str]) -> str | None:
 @st.composite
 def _row(draw: st.DrawFn, encoding: str | None) -> dict[str, RawCell]:
     row: dict[str, RawCell] = {
-        "profile_id": draw(PROFILE_IDS),
-        "email": draw(EMAILS),
-        "phone": draw(PHONES),
-        "crm_id": draw(CRM_IDS),
+        **draw(_identifiers()),
         "updated_at": draw(STAMPS),
         "first_name": _maybe(draw, _text(encoding)),
         "last_name": _maybe(draw, _text(encoding)),
