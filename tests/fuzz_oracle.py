@@ -25,9 +25,10 @@ from backfill.normalize import normalize
 
 BAD: Final = object()  # a cell the source could not read faithfully: dropped and reported
 RAGGED: Final = "ragged"  # a row the source refuses whole (wrong number of fields)
+BLANK: Final = "blank"  # a line with no value in any column: the source leaves it out
 
 Cell = str | None | object
-Row = Mapping[str, Cell] | str  # cells by column, or RAGGED
+Row = Mapping[str, Cell] | str  # cells by column, RAGGED or BLANK
 
 MAX_STRING = 1024  # memory-api.md: trait string values up to 1,024 characters
 MAX_ITEMS = 100  # memory-api.md: arrays up to 100 items
@@ -330,6 +331,7 @@ def expect(
         judge_row(spec, store, f, n, row)
         for f, rows_of_file in enumerate(files)
         for n, row in enumerate(rows_of_file, start=1)
+        if row != BLANK  # not a row at all, but it keeps its number
     ]
     state = {pid: {g: dict(t) for g, t in groups.items()} for pid, groups in baseline.items()}
     by_target: dict[str, list[RowVerdict]] = {}

@@ -5,9 +5,8 @@ at one profile, merged and missing profiles, bad cells, blank lines, quoting...)
 ``backfill.pipeline.run`` on them against an emulator served over HTTP, then reads every profile
 back over the API and compares it, and errors.csv and summary.json, with ``fuzz_oracle``.
 
-Each kind of mess has a switch in ``ENABLED``. Some need work that is on other branches of
-issue 9 (see ``PENDING``); the integrator turns them on after merging, or tries them with
-``FUZZ_FEATURES=+ragged,+encodings`` in the environment (``-name`` turns one off).
+Each kind of mess has a switch in ``FEATURES``, all on; ``FUZZ_FEATURES=-ragged,-encodings``
+in the environment turns some off, to narrow down a failure.
 Other knobs: ``FUZZ_EXAMPLES`` (default 40, ~15 s), ``FUZZ_RANDOM=1`` (fresh examples instead of
 CI's fixed ones), ``FUZZ_SHRINK=0`` (report the first failure as drawn; shrinking takes minutes).
 """
@@ -36,12 +35,23 @@ from hypothesis import strategies as st
 
 from backfill.emulator import EmulatorConfig, EmulatorServer
 from backfill.pipeline import run as run_job
-from fuzz_oracle import BAD, RAGGED, Expected, IdRule, JobSpec, Row, Trait, expect, seed_store
+from fuzz_oracle import (
+    BAD,
+    BLANK,
+    RAGGED,
+    Expected,
+    IdRule,
+    JobSpec,
+    Row,
+    Trait,
+    expect,
+    seed_store,
+)
 
 # ------------------------------------------------------------------------------ switches
 
-# What main handles today: these run in CI now.
-ON_MAIN = frozenset(
+# The kinds of mess an extract is drawn with; FUZZ_FEATURES=-name turns one off.
+FEATURES = frozenset(
     {
         "duplicates",  # rows repeated verbatim, within and across files
         "meet",  # several rows, by different identifiers, at one profile
@@ -49,40 +59,35 @@ ON_MAIN = frozenset(
         "missing_profile",  # a well-formed profile ID the store does not hold: 404
         "bad_cells",  # NUMBER/BOOLEAN that do not parse, malformed profile IDs, bad phones
         "boundary_values",  # strings of exactly 1,024 characters, arrays of exactly 100 items
-        "blank_lines",  # empty and white-space-only lines inside and at the end of a CSV
+        "blank_lines",  # empty lines inside and at the end of a CSV: left out
         "quoting",  # quoted cells with commas, quotes, newlines; CRLF files
         "parquet",  # some files as Parquet (string columns)
         "identity_map",  # an identity map that knows some people, one of them otherwise
         "delimiters",  # [source] delimiter = ";" or "|" (cells holding it are quoted)
         "gzip",  # some CSV files as .csv.gz
         "ambiguous_first",  # on_ambiguous = "first" in some examples
+        "merged",  # rows aimed at a merged-away profile by ID: exact latest-row-wins
+        "over_limit",  # strings > 1,024 characters, arrays > 100 items: bad cells
+        "ragged",  # lines with too few / too many fields: reported with the line
+        "encodings",  # [source] encoding = latin-1 / cp1252 / utf-16
+        "invalid_utf8",  # invalid bytes in a UTF-8 file: the cell reported, not replaced
+        "intl_phones",  # +45..., +65... never read as US numbers
+        "outcomes",  # summary.json rows: landed / landed_in_part / not_landed
+        "empty_files",  # header-only CSV and 0-row Parquet among the inputs
+        "blank_items",  # ARRAY cells with white-space-only items ("a; ;b"): never sent as ""
+        # Parquet with typed columns: Float64 NUMBER (NaN, inf), Boolean, List(String) ARRAY,
+        # Datetime order_by beside CSV text timestamps.
+        "typed_parquet",
+        "tab_delimiter",  # [source] delimiter = "\t"
     }
 )
-# Each needs a branch of issue 9 merged first (the oracle side is written already).
-PENDING = {
-    "merged": "delivery",  # rows aimed at a merged-away profile by ID: exact latest-row-wins
-    "over_limit": "cells",  # strings > 1,024 characters, arrays > 100 items: bad cells
-    "ragged": "source",  # lines with too few / too many fields: reported with the line
-    "encodings": "source",  # [source] encoding = latin-1 / cp1252 / utf-16
-    "invalid_utf8": "source",  # invalid bytes in a UTF-8 file: the cell reported, not replaced
-    "intl_phones": "identifiers",  # +45..., +65... never read as US numbers
-    "outcomes": "integrator",  # summary.json rows: landed / landed_in_part / not_landed
-    "empty_files": "integrator",  # header-only CSV and 0-row Parquet among the inputs
-    # ARRAY cells with white-space-only items ("a; ;b"): mapping strips items but filters on
-    # the unstripped text, so [""] or ["a", "", "b"] is sent (found by this test).
-    "blank_items": "cells",
-    # Parquet with typed columns: Float64 NUMBER (NaN, inf), Boolean, List(String) ARRAY,
-    # Datetime order_by beside CSV text timestamps.
-    "typed_parquet": "cells+source",
-    "tab_delimiter": "source",  # [source] delimiter = "\t" (main strips it to "" and refuses)
-}
 
 
 def _enabled() -> frozenset[str]:
-    features = set(ON_MAIN)
+    features = set(FEATURES)
     for word in filter(None, os.environ.get("FUZZ_FEATURES", "").split(",")):
         name = word.strip().lstrip("+-")
-        if name not in ON_MAIN and name not in PENDING:
+        if name not in FEATURES:
             raise ValueError(f"FUZZ_FEATURES: unknown feature {name!r}")
         (features.discard if word.strip().startswith("-") else features.add)(name)
     return frozenset(features)
@@ -601,22 +606,32 @@ def write_file(
 
 
 def as_read(file: SourceFile) -> list[Row]:
-    """The rows as the source must hand them on: what the oracle reads. A blank line is a row
-    of blank cells (polars counts it, so errors.csv's row numbers count it too); a trailing
-    blank line likewise."""
+    """The rows as the source must hand them on: what the oracle reads. A blank line, or a
+    row whose every cell reads as null (empty and unquoted in a CSV, None in Parquet), is
+    BLANK: left out, while the rows after it keep their numbers; a trailing blank line
+    likewise."""
     rows: list[Row] = []
     for row in file.rows:
         if row is None:
-            rows.append(dict.fromkeys(COLUMNS))
+            rows.append(BLANK)
         elif isinstance(row, list):
             rows.append(RAGGED)
+        elif all(_reads_as_null(file, row[c]) for c in COLUMNS):
+            rows.append(BLANK)
         elif file.typed:
             rows.append(typed_cells(row))
         else:
             rows.append({c: BAD if isinstance(v, Bytes) else v for c, v in row.items()})
     if file.trailing_blank and not file.parquet:
-        rows.append(dict.fromkeys(COLUMNS))
+        rows.append(BLANK)
     return rows
+
+
+def _reads_as_null(file: SourceFile, cell: RawCell) -> bool:
+    """What polars reads as a null: a missing value, or an empty unquoted CSV field."""
+    if cell is None:
+        return True
+    return cell == "" and not file.parquet and not file.quote_all
 
 
 # ------------------------------------------------------------------------------ reading back

@@ -232,10 +232,18 @@ def read_batches(
 
 
 def _finish(job: Job, batch: pl.DataFrame, file: SourceFile, first_row: int) -> pl.DataFrame:
-    return batch.with_columns(
-        pl.int_range(first_row, first_row + batch.height, dtype=pl.UInt32).alias(ROW),
-        pl.lit(file.index, pl.UInt16).alias(FILE),
-    ).select(*job.columns, FILE, ROW, PROBLEM)
+    """Number the rows, then leave out the blank ones: a blank line (a nightly extract's
+    trailing newline, say) or a row with no value in any column the job reads carries nothing
+    to send or to report; the rows after it keep their numbers."""
+    empty = pl.all_horizontal(pl.col(c).is_null() for c in job.columns)
+    return (
+        batch.with_columns(
+            pl.int_range(first_row, first_row + batch.height, dtype=pl.UInt32).alias(ROW),
+            pl.lit(file.index, pl.UInt16).alias(FILE),
+        )
+        .filter(~empty | pl.col(PROBLEM).is_not_null())
+        .select(*job.columns, FILE, ROW, PROBLEM)
+    )
 
 
 def _csv_batches(job: Job, file: SourceFile, scratch: Path | None) -> Iterator[pl.DataFrame]:
