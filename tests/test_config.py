@@ -134,3 +134,14 @@ def test_incremental_state(tmp_path: Path) -> None:
     ]:
         with pytest.raises(ConfigError, match=message):
             load_job(write(tmp_path, GOOD + f"[incremental]\n{table}\n"))
+
+
+def test_create_needs_every_identifier_written_as_a_trait(tmp_path: Path) -> None:
+    """A created profile must carry the identifier it is keyed on, or a lost create could not
+    be found by Lookup and would be sent twice: refused at job load, naming the column."""
+    text = GOOD.replace("[identity]\n", '[identity]\non_unresolved = "create"\n')
+    with pytest.raises(ConfigError, match=r"identity\.on_unresolved: .* map column 'email'") as e:
+        load_job(write(tmp_path, text))
+    assert '[traits.Contact] email = "email"' in str(e.value)
+    fixed = text.replace('firstName = "first_name"', 'firstName = "first_name"\nemail = "email"')
+    assert load_job(write(tmp_path, fixed)).identity.on_unresolved == "create"

@@ -142,7 +142,7 @@ def test_unresolved_people_become_create_units(tmp_path: Path) -> None:
             "tier": "gold",
         },
     ]
-    traits = 'tier = "tier"'
+    traits = 'tier = "tier"\nemail = "email"\nphone = "phone"\nuserId = "user_id"'
     result = plan(
         job_file(
             tmp_path,
@@ -154,7 +154,8 @@ def test_unresolved_people_become_create_units(tmp_path: Path) -> None:
     (unit,) = units(result).values()
     assert unit["key"] == "new:email new@example.com#0"
     assert (unit["action"], unit["profile_id"], unit["rows"]) == ("create", None, 2)
-    assert json.loads(unit["body"]) == {"traits": {"Loyalty": {"tier": "gold"}}}
+    body = {"tier": "gold", "email": "new@example.com", "phone": "3175559999"}
+    assert json.loads(unit["body"]) == {"traits": {"Loyalty": body}}
     assert result.summary.to_create == 1
     assert rejects(result) == []
 

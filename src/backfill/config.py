@@ -238,7 +238,28 @@ def load_job(path: Path | str) -> Job:
         raise top.error(
             "identity", "set profile_id_column or at least one [[identity.identifiers]]"
         )
+    if identity.on_unresolved == "create":
+        written = {t.column for t in traits}
+        for identifier in identity.identifiers:
+            if identifier.column not in written:
+                # A create is keyed on the person's first identifier: the profile it makes
+                # must carry that identifier, both for the store to accept it (a create needs
+                # a promoted trait) and for a create whose answer was lost to be found by
+                # Lookup instead of being sent twice.
+                raise top.error(
+                    "identity.on_unresolved",
+                    f'"create" needs every identifier written as a trait: map column '
+                    f"{identifier.column!r} (id_type {identifier.id_type}) to a trait the "
+                    f"store promotes, e.g. [traits.Contact] {_camel(identifier.id_type)} = "
+                    f'"{identifier.column}"',
+                )
     return Job(path, name, connection, source, identity, traits, send, out_dir, incremental)
+
+
+def _camel(name: str) -> str:
+    """A lowerCamelCase trait name for an id_type (for the hint in a message)."""
+    head, *rest = re.split(r"[^A-Za-z0-9]+", name) or [name]
+    return head[:1].lower() + head[1:] + "".join(w[:1].upper() + w[1:] for w in rest)
 
 
 def _connection(r: _Reader) -> Connection:
