@@ -61,7 +61,7 @@ from backfill.resolve import (
     identity_map_candidates,
     lookup_candidates,
     open_pairs,
-    resolve,
+    resolve_parts,
 )
 from backfill.resume import made_from, why_not
 from backfill.source import (
@@ -205,18 +205,26 @@ def build_plan(
             _empty_mapped(job).write_parquet(spill / "mapped-000000.parquet")
         mapped = pl.scan_parquet(spill / "mapped-*.parquet")
         stats = LookupStats()
-        pairs = open_pairs(job, mapped, candidates)
         looked_up = job.identity.lookup and not offline
-        if looked_up and pairs.height:
-            found, stats = _lookups(job, pairs, out, quiet, refresh_lookups, clock)
-            candidates = pl.concat([candidates, found])
-        resolved = resolve(job, mapped, candidates, looked_up=looked_up)
+        if looked_up:  # the open pairs cost a pass over every row: only for Lookup
+            pairs = open_pairs(job, mapped, candidates)
+            if pairs.height:
+                found, stats = _lookups(job, pairs, out, quiet, refresh_lookups, clock)
+                candidates = pl.concat([candidates, found])
+        parts = resolve_parts(job, mapped, candidates, looked_up=looked_up)
+        resolved = pl.concat(parts, how="vertical")
         if not candidates.is_empty():
-            # With candidates, resolving joins; do it once for the four readers below. Without
-            # (profile IDs only), it is a few cheap columns: recomputing beats a spill.
-            resolved_path = spill / "resolved.parquet"
-            resolved.sink_parquet(resolved_path, compression=SPILL)
-            resolved = pl.scan_parquet(resolved_path)
+            # With candidates, resolving joins; do it once for the four readers below, every
+            # part in one pass over the mapped rows. Without (profile IDs only), it is a few
+            # cheap columns: recomputing beats a spill.
+            paths = [spill / f"resolved-{i}.parquet" for i in range(len(parts))]
+            pl.collect_all(
+                [
+                    p.sink_parquet(path, compression=SPILL, lazy=True)
+                    for p, path in zip(parts, paths, strict=True)
+                ]
+            )
+            resolved = pl.scan_parquet(paths)
         plan_path = folder / "plan.parquet"
         rows = mapped.select(pl.len()).collect().item()
         write_units(job, resolved, plan_path, rows, spill)

@@ -237,9 +237,28 @@ def resolve(
     ``looked_up`` is false when Lookup was not asked (``lookup = false`` or ``--offline``), so an
     unresolved row says that only the profile ID column and the identity map were tried.
     """
+    return pl.concat(resolve_parts(job, mapped, candidates, looked_up=looked_up), how="vertical")
+
+
+def resolve_parts(
+    job: Job,
+    mapped: pl.LazyFrame,
+    candidates: pl.DataFrame,
+    *,
+    looked_up: bool = True,
+    easy_path: bool = True,
+) -> list[pl.LazyFrame]:
+    """``resolve`` as parts that together hold every row once, each with the same columns:
+    rows with a valid profile ID, rows settled by one profile, and the rest. A caller that
+    spills them can sink all parts in one pass (``pl.collect_all``) so the joins run once.
+
+    Most rows name one profile through every identifier that has candidates; those take a
+    short path of a few cheap columns (polars evaluates every branch of a ``when`` on every
+    row, and the general rules build several strings per row). The general rules
+    (``_general``) still decide every other row, exactly as they decide the easy ones
+    (``easy_path=False`` sends every row through them: tests/test_resolve_paths.py).
+    """
     identifiers = job.identity.identifiers
-    # Rows with a valid profile ID need none of the work below (and polars would evaluate every
-    # branch of it on every row), so they take a short path and rejoin at the end.
     by_id = mapped.filter(pl.col(PID).is_not_null()).with_columns(
         pl.col(PID).alias(TARGET),
         pl.lit(BY_PROFILE_ID).alias(OUTCOME),
@@ -247,33 +266,115 @@ def resolve(
         pl.lit("patch").alias(ACTION),
     )
     frame = mapped.filter(pl.col(PID).is_null())
+    joined: list[int] = []
     for k in range(len(identifiers)):
         mine = candidates.filter(pl.col("k") == k)
         if mine.is_empty():  # nothing to join: every row of this identifier has no candidate
-            frame = frame.with_columns(
-                pl.lit(None, pl.List(pl.String())).alias(f"__c_{k}"),
-                pl.lit(None, pl.String()).alias(f"__s_{k}"),
-                pl.lit(None, pl.String()).alias(f"__e_{k}"),
-            )
             continue
+        joined.append(k)
+        profiles = pl.col("profiles")
+        count = profiles.list.len().cast(pl.UInt32)
         frame = frame.join(
             mine.lazy().select(
                 pl.col("value").alias(identifier_column(k)),
-                pl.col("profiles").alias(f"__c_{k}"),
-                pl.col("source").alias(f"__s_{k}"),
-                pl.col("error").alias(f"__e_{k}"),
+                count.alias(_n(k)),
+                profiles.list.first().alias(_f(k)),
+                # The whole list only where it has several: the general rules rebuild it.
+                pl.when(count > 1).then(profiles).alias(_m(k)),
+                pl.col("source").alias(_s(k)),
+                pl.col("error").alias(_e(k)),
             ),
             on=identifier_column(k),
             how="left",
             nulls_equal=False,
         )
+    for k in range(len(identifiers)):
+        if k not in joined:
+            frame = frame.with_columns(
+                pl.lit(None, pl.UInt32).alias(_n(k)),  # as a value missing from the join
+                pl.lit(None, pl.String()).alias(_f(k)),
+                pl.lit(None, pl.List(pl.String())).alias(_m(k)),
+                pl.lit(None, pl.String()).alias(_s(k)),
+                pl.lit(None, pl.String()).alias(_e(k)),
+            )
+    scratch = [name(k) for k in range(len(identifiers)) for name in (_n, _f, _m, _s, _e)]
+    general = _general(job, frame, looked_up).drop(scratch)
+    if not joined or not easy_path:  # without candidates, the general rules say why per row
+        return [by_id, general]
+    n = [pl.col(_n(k)).fill_null(0) for k in range(len(identifiers))]
+    chosen = _first([pl.when(n[k] > 0).then(pl.col(_f(k))) for k in joined], pl.String())
+    source = _first([pl.when(n[k] > 0).then(pl.col(_s(k))) for k in joined], pl.String())
+    # Every identifier with candidates (the decider included) names exactly the chosen one.
+    agree = [(n[k] == 0) | ((n[k] == 1) & (pl.col(_f(k)) == chosen)) for k in joined]
+    easy = (chosen.is_not_null() & source.is_in(RESOLVED) & pl.all_horizontal(agree)).fill_null(
+        False
+    )
+    frame = frame.with_columns(easy.alias(_EASY))
+    settled = (
+        frame.filter(pl.col(_EASY))
+        .with_columns(
+            chosen.alias(TARGET),
+            source.alias(OUTCOME),
+            pl.lit(None, pl.String()).alias(REASON),
+            pl.when(chosen.str.starts_with(NEW))
+            .then(pl.lit("create"))
+            .otherwise(pl.lit("patch"))
+            .alias(ACTION),
+        )
+        .drop(*scratch, _EASY)
+    )
+    rest = _general(job, frame.filter(~pl.col(_EASY)), looked_up).drop(*scratch, _EASY)
+    return [by_id, settled, rest]
+
+
+_EASY = "__easy"
+
+
+def _n(k: int) -> str:
+    """How many candidate profiles identifier ``k``'s value has (0: none)."""
+    return f"__n_{k}"
+
+
+def _f(k: int) -> str:
+    """The first of them."""
+    return f"__f_{k}"
+
+
+def _m(k: int) -> str:
+    """All of them, where there are several (null otherwise)."""
+    return f"__m_{k}"
+
+
+def _s(k: int) -> str:
+    return f"__s_{k}"
+
+
+def _e(k: int) -> str:
+    return f"__e_{k}"
+
+
+def _general(job: Job, frame: pl.LazyFrame, looked_up: bool) -> pl.LazyFrame:
+    """The resolution rules for rows without a profile ID, in full (see the module docstring),
+    from the candidate columns ``resolve_parts`` joined."""
+    identifiers = job.identity.identifiers
+    candidate_lists = [
+        pl.when(pl.col(_n(k)) > 1)
+        .then(pl.col(_m(k)))
+        .when(pl.col(_n(k)) == 1)
+        .then(pl.concat_list(pl.col(_f(k))))
+        .when(pl.col(_n(k)) == 0)
+        .then(pl.lit([], pl.List(pl.String())))
+        .alias(f"__c_{k}")
+        for k in range(len(identifiers))
+    ]
+    frame = frame.with_columns(candidate_lists)
     n = [pl.col(f"__c_{k}").list.len().fill_null(0) for k in range(len(identifiers))]
     decider_list = _first(
         [pl.when(n[k] > 0).then(pl.col(f"__c_{k}")) for k in range(len(identifiers))],
         pl.List(pl.String()),
     )
     decider_source = _first(
-        [pl.when(n[k] > 0).then(pl.col(f"__s_{k}")) for k in range(len(identifiers))],
+        [pl.when(n[k] > 0).then(pl.col(_s(k))) for k in range(len(identifiers))],
         pl.String(),
     )
     first = decider_list.list.first()
@@ -330,7 +431,7 @@ def resolve(
         pl.String(),
     )
     errors = pl.concat_str(
-        [pl.col(f"__e_{k}") for k in range(len(identifiers))] or [pl.lit(None, pl.String)],
+        [pl.col(_e(k)) for k in range(len(identifiers))] or [pl.lit(None, pl.String)],
         separator="; ",
         ignore_nulls=True,
     )
@@ -389,8 +490,6 @@ def resolve(
         .then(pl.lit("create"))
         .otherwise(pl.when(target.is_not_null()).then(pl.lit("patch")))
     )
-    drop = [f"__{x}_{k}" for k in range(len(identifiers)) for x in ("c", "s", "e")]
-    rest = frame.with_columns(
+    return frame.with_columns(
         target.alias(TARGET), outcome.alias(OUTCOME), reason.alias(REASON), action.alias(ACTION)
-    ).drop(drop)
-    return pl.concat([by_id, rest], how="vertical")
+    ).drop([f"__c_{k}" for k in range(len(identifiers))])
