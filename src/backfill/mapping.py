@@ -498,37 +498,49 @@ def _phones(text: pl.Series, region: str) -> pl.Series:
     left = out.is_null() & text.is_not_null()
     if not left.any():
         return out
-    rest = pl.DataFrame({"text": text.filter(left)})
+    # Step by step, each column once: polars would evaluate the country code again in every
+    # branch that reads it (about 3x the time of these few columns).
     text_ = pl.col("text")
-    digits = text_.str.replace_all(r"[^0-9]", "")
-    plus = text_.str.contains(PLUS_PHONE)
-    bare = text_.str.contains(BARE_PHONE) if nanp else pl.lit(False)
+    rest = (
+        pl.DataFrame({"text": text.filter(left)})
+        .with_columns(
+            text_.str.replace_all(r"[^0-9]", "").alias("digits"),
+            text_.str.contains(PLUS_PHONE).alias("plus"),
+            (text_.str.contains(BARE_PHONE) if nanp else pl.lit(False)).alias("bare"),
+        )
+        .with_columns(_country_code(pl.col("digits")).alias("code"))
+        .with_columns(pl.col("digits").str.slice(pl.col("code").str.len_bytes()).alias("national"))
+    )
+    digits, plus, bare = pl.col("digits"), pl.col("plus"), pl.col("bare")
     settled = rest.select(
         pl.when(bare & (digits.str.len_bytes() == 10))
         .then(pl.concat_str(pl.lit("+1"), digits))  # a US number split oddly: "31 7555 6789"
         .when(plus | bare)
-        .then(_e164(digits))
+        .then(_e164(digits, pl.col("code"), pl.col("national")))
     ).to_series()
     return out.scatter(left.arg_true(), settled)
 
 
-def _e164(digits: pl.Expr) -> pl.Expr:
-    """``+digits`` if its country code accepts the national number's length, "" if not, null
-    when phonenumbers might rewrite the national number (it starts with a national prefix)."""
-    rules = phone_countries()
-    codes = pl.Series(sorted(rules.codes), dtype=pl.String)
+def _country_code(digits: pl.Expr) -> pl.Expr:
+    """The country code ``digits`` start with (the shortest that is one), or null."""
+    codes = pl.Series(sorted(phone_countries().codes), dtype=pl.String).implode()
     first = [digits.str.slice(0, n) for n in (1, 2, 3)]
-    code = (
-        pl.when(first[0].is_in(codes.implode()))
+    return (
+        pl.when(first[0].is_in(codes))
         .then(first[0])
-        .when(first[1].is_in(codes.implode()))
+        .when(first[1].is_in(codes))
         .then(first[1])
-        .when(first[2].is_in(codes.implode()))
+        .when(first[2].is_in(codes))
         .then(first[2])
     )
-    national = digits.str.slice(code.str.len_bytes())
+
+
+def _e164(digits: pl.Expr, code: pl.Expr, national: pl.Expr) -> pl.Expr:
+    """``+digits`` if its country ``code`` accepts the ``national`` number's length, "" if not,
+    null when phonenumbers might rewrite the national number (it starts with a national
+    prefix)."""
     length = pl.concat_str(code, pl.lit(":"), national.str.len_bytes().cast(pl.String))
-    lengths = pl.Series(sorted(rules.lengths), dtype=pl.String)
+    lengths = pl.Series(sorted(phone_countries().lengths), dtype=pl.String)
     return (
         pl.when(code.is_null())
         .then(pl.lit(""))
