@@ -266,50 +266,25 @@ def resolve_parts(
         pl.lit("patch").alias(ACTION),
     )
     frame = mapped.filter(pl.col(PID).is_null())
-    joined: list[int] = []
-    for k in range(len(identifiers)):
-        mine = candidates.filter(pl.col("k") == k)
-        if mine.is_empty():  # nothing to join: every row of this identifier has no candidate
-            continue
-        joined.append(k)
-        profiles = pl.col("profiles")
-        count = profiles.list.len().cast(pl.UInt32)
-        frame = frame.join(
-            mine.lazy().select(
-                pl.col("value").alias(identifier_column(k)),
-                count.alias(_n(k)),
-                profiles.list.first().alias(_f(k)),
-                # The whole list only where it has several: the general rules rebuild it.
-                pl.when(count > 1).then(profiles).alias(_m(k)),
-                pl.col("source").alias(_s(k)),
-                pl.col("error").alias(_e(k)),
-            ),
-            on=identifier_column(k),
-            how="left",
-            nulls_equal=False,
-        )
-    for k in range(len(identifiers)):
-        if k not in joined:
-            frame = frame.with_columns(
-                pl.lit(None, pl.UInt32).alias(_n(k)),  # as a value missing from the join
-                pl.lit(None, pl.String()).alias(_f(k)),
-                pl.lit(None, pl.List(pl.String())).alias(_m(k)),
-                pl.lit(None, pl.String()).alias(_s(k)),
-                pl.lit(None, pl.String()).alias(_e(k)),
-            )
-    scratch = [name(k) for k in range(len(identifiers)) for name in (_n, _f, _m, _s, _e)]
-    general = _general(job, frame, looked_up).drop(scratch)
-    if not joined or not easy_path:  # without candidates, the general rules say why per row
-        return [by_id, general]
+    tables = {k: candidates.filter(pl.col("k") == k) for k in range(len(identifiers))}
+    joined = [k for k, table in tables.items() if not table.is_empty()]
+    # A value listed twice would repeat its rows in each join: only the general path (one join)
+    # keeps that as it always was. Candidates are unique per identifier and value in practice.
+    unique = candidates.select(pl.struct("k", "value").is_unique().all()).item()
+    if not joined or not easy_path or not unique:
+        # Without candidates, the general rules say why no row resolves.
+        everything = _join(frame, tables, joined, (_n, _f, _m, _s, _e))
+        return [by_id, _general(job, everything, looked_up).drop(_scratch(job))]
+    # The first join brings what the short path reads; both paths read it (polars computes it
+    # once when both branches read the same columns), and only the rest joins the other columns.
+    frame = _join(frame, tables, joined, (_n, _f, _s))
     n = [pl.col(_n(k)).fill_null(0) for k in range(len(identifiers))]
     chosen = _first([pl.when(n[k] > 0).then(pl.col(_f(k))) for k in joined], pl.String())
     source = _first([pl.when(n[k] > 0).then(pl.col(_s(k))) for k in joined], pl.String())
     # Every identifier with candidates (the decider included) names exactly the chosen one.
     agree = [(n[k] == 0) | ((n[k] == 1) & (pl.col(_f(k)) == chosen)) for k in joined]
-    easy = (chosen.is_not_null() & source.is_in(RESOLVED) & pl.all_horizontal(agree)).fill_null(
-        False
-    )
-    frame = frame.with_columns(easy.alias(_EASY))
+    easy = chosen.is_not_null() & source.is_in(RESOLVED) & pl.all_horizontal(agree)
+    frame = frame.with_columns(easy.fill_null(False).alias(_EASY))
     settled = (
         frame.filter(pl.col(_EASY))
         .with_columns(
@@ -321,10 +296,54 @@ def resolve_parts(
             .otherwise(pl.lit("patch"))
             .alias(ACTION),
         )
-        .drop(*scratch, _EASY)
+        .drop(*(name(k) for k in range(len(identifiers)) for name in (_n, _f, _s)), _EASY)
     )
-    rest = _general(job, frame.filter(~pl.col(_EASY)), looked_up).drop(*scratch, _EASY)
+    hard = _join(frame.filter(~pl.col(_EASY)), tables, joined, (_m, _e))
+    rest = _general(job, hard, looked_up).drop(*_scratch(job), _EASY)
     return [by_id, settled, rest]
+
+
+def _join(
+    frame: pl.LazyFrame,
+    tables: dict[int, pl.DataFrame],
+    joined: list[int],
+    names: Sequence[Callable[[int], str]],
+) -> pl.LazyFrame:
+    """``frame`` with the candidate columns ``names`` of every identifier: joined for those in
+    ``joined``, null for the others (as a value no candidate lists)."""
+    for k in tables:
+        profiles = pl.col("profiles")
+        count = profiles.list.len().cast(pl.UInt32)
+        columns = {
+            _n(k): count,
+            _f(k): profiles.list.first(),
+            # The whole list only where it has several: the general rules rebuild it.
+            _m(k): pl.when(count > 1).then(profiles),
+            _s(k): pl.col("source"),
+            _e(k): pl.col("error"),
+        }
+        wanted = [name(k) for name in names]
+        if k not in joined:
+            frame = frame.with_columns(
+                pl.lit(None, _SCRATCH_TYPES[name]).alias(name(k)) for name in names
+            )
+            continue
+        frame = frame.join(
+            tables[k]
+            .lazy()
+            .select(
+                pl.col("value").alias(identifier_column(k)),
+                *(columns[c].alias(c) for c in wanted),
+            ),
+            on=identifier_column(k),
+            how="left",
+            nulls_equal=False,
+        )
+    return frame
+
+
+def _scratch(job: Job) -> list[str]:
+    return [name(k) for k in range(len(job.identity.identifiers)) for name in _SCRATCH_TYPES]
 
 
 _EASY = "__easy"
@@ -351,6 +370,15 @@ def _s(k: int) -> str:
 
 def _e(k: int) -> str:
     return f"__e_{k}"
+
+
+_SCRATCH_TYPES: dict[Callable[[int], str], pl.DataType] = {
+    _n: pl.UInt32(),
+    _f: pl.String(),
+    _m: pl.List(pl.String()),
+    _s: pl.String(),
+    _e: pl.String(),
+}
 
 
 def _general(job: Job, frame: pl.LazyFrame, looked_up: bool) -> pl.LazyFrame:
