@@ -11,7 +11,9 @@ import sys
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Awaitable, Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TypeVar
@@ -192,15 +194,8 @@ def build_plan(
     shutil.rmtree(spill, ignore_errors=True)
     private_dir(spill)
     try:
-        batches = 0
         with _bar(quiet, desc="reading", unit=" rows", unit_scale=True) as bar:
-            for batch in read_batches(job, files, scratch=spill):
-                mapped_batch = map_batch(job, batch)
-                mapped_batch.write_parquet(
-                    spill / f"mapped-{batches:06d}.parquet", compression=SPILL
-                )
-                batches += 1
-                bar.update(batch.height)
+            batches = _map_batches(job, files, spill, bar)
         if not batches:  # an empty extract (a quiet night): plan 0 units, not a crash
             _empty_mapped(job).write_parquet(spill / "mapped-000000.parquet")
         mapped = pl.scan_parquet(spill / "mapped-*.parquet")
@@ -273,6 +268,33 @@ def build_plan(
     )
     write_private(summary_path, text + "\n")
     return result
+
+
+MAP_THREADS: Final = 2  # batches mapped at once (one more batch in memory per thread)
+
+
+def _map_batches(job: Job, files: list[SourceFile], spill: Path, bar: tqdm[Any]) -> int:
+    """Map every source batch into ``spill/mapped-NNNNNN.parquet``; return how many.
+
+    Batches are mapped ``MAP_THREADS`` at a time: mapping is many short polars steps with
+    Python between them, so one batch alone keeps about one core busy (polars releases the
+    GIL while it works). Each batch keeps its number, so the files read back in order."""
+
+    def map_one(batch: pl.DataFrame, path: Path) -> None:
+        map_batch(job, batch).write_parquet(path, compression=SPILL)
+
+    batches = 0
+    with ThreadPoolExecutor(MAP_THREADS, thread_name_prefix="map") as pool:
+        pending: deque[Future[None]] = deque()
+        for batch in read_batches(job, files, scratch=spill):
+            if len(pending) >= MAP_THREADS:
+                pending.popleft().result()  # a failed batch fails the plan here
+            pending.append(pool.submit(map_one, batch, spill / f"mapped-{batches:06d}.parquet"))
+            batches += 1
+            bar.update(batch.height)
+        for done in pending:
+            done.result()
+    return batches
 
 
 def _check_mapped_types(job: Job, files: list[SourceFile]) -> None:
