@@ -366,14 +366,16 @@ def map_batch(job: Job, batch: pl.DataFrame) -> pl.DataFrame:
         exprs.append(_order_key(batch, order).alias(ORDER))
     else:  # one type per kind, so batches of different files concatenate
         exprs.append(typed_order(order, schema[order]).alias(ORDER))
+    presents: list[pl.Expr] = []
     for j, mapping in enumerate(job.traits):
         value, problem = _trait(j, mapping, schema[mapping.column])
         exprs.append(value.alias(value_column(j)))
-        present = value.is_not_null()
+        # Read from the value column once it exists: eager polars would compute the value again.
+        present = pl.col(value_column(j)).is_not_null()
         if mapping.nulls == "delete":  # a blank deletes; a cell source could not read does not
             blank = _text(mapping.column, schema[mapping.column]).is_null()
             present = present | (blank & ~unread(mapping.column))
-        exprs.append(present.alias(present_column(j)))
+        presents.append(present.alias(present_column(j)))
         if problem is not None:
             problems.append(problem)
     # Identifier cells that normalization rejects are reported, and take no part in resolution.
@@ -389,7 +391,9 @@ def map_batch(job: Job, batch: pl.DataFrame) -> pl.DataFrame:
     # What source could not read faithfully (bad bytes, a ragged line) is reported as well.
     problems.append(Problem(pl.col(PROBLEM).is_not_null(), pl.col(PROBLEM)))
     work = batch.with_columns(exprs)
-    return work.with_columns(_invalid(work, problems).alias(INVALID)).select(mapped_columns(job))
+    return work.with_columns(*presents, _invalid(work, problems).alias(INVALID)).select(
+        mapped_columns(job)
+    )
 
 
 def typed_order(column: str, dtype: pl.DataType) -> pl.Expr:
