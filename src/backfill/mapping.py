@@ -486,7 +486,7 @@ def mapped_columns(job: Job) -> list[str]:
 def _emails(text: pl.Series) -> pl.Series:
     """ASCII addresses: every str.isspace() character removed, lower-cased. Non-ASCII ones are
     left open: Python's lower() and Rust's differ on letters newer than the runtime's Unicode."""
-    ascii_ = text.str.contains(r"^[\x00-\x7f]*$")
+    ascii_ = text.str.len_bytes() == text.str.len_chars()  # one byte a character: ASCII
     cleaned = text.str.replace_all(r"[\t\n\x0b\x0c\r\x1c-\x1f ]+", "").str.to_lowercase()
     return pl.select(pl.when(ascii_).then(cleaned)).to_series()
 
