@@ -381,8 +381,14 @@ def _summary(
     stats: LookupStats,
     started: float,
 ) -> PlanSummary:
-    counts: dict[str, int] = dict(resolved.group_by(OUTCOME).agg(pl.len()).collect().rows())
-    rows, invalid = resolved.select(pl.len(), pl.col(INVALID).is_not_null().sum()).collect().row(0)
+    # One pass over the resolved rows: per outcome, its rows and those with an invalid cell.
+    per_outcome = (
+        resolved.group_by(OUTCOME)
+        .agg(pl.len().alias("rows"), pl.col(INVALID).is_not_null().sum().alias("invalid"))
+        .collect()
+    )
+    counts: dict[str, int] = dict(zip(per_outcome[OUTCOME], per_outcome["rows"], strict=True))
+    rows, invalid = int(per_outcome["rows"].sum()), int(per_outcome["invalid"].sum())
     units = pl.scan_parquet(plan_path)
     requests, profiles, creates = (
         units.select(
