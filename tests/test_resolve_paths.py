@@ -120,7 +120,7 @@ def oracle(job: Job, pid: str | None, ids: list[str | None], tables: list[Any]) 
     return single, source, "patch"
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     tables=tables,
     rows=st.lists(row, min_size=1, max_size=30),
