@@ -1,7 +1,9 @@
 """Which Memory profile each row belongs to: profile ID column, identity map, then Lookup.
 
 ``resolve(job, mapped, candidates)`` is the stage's one entry: a polars plan that adds
-``__target``, ``__outcome`` and ``__reason`` to the mapped rows. Its inputs come from
+``__target``, ``__outcome``, ``__reason`` and ``__action`` to the mapped rows
+(``resolve_parts`` gives the same rows as parts, for a caller that spills them in one pass;
+rows one profile settles take a short path there). Its inputs come from
 ``identity_map_candidates`` (a join table from an export) and ``lookup_candidates`` (each
 distinct still-open identifier asked once, concurrently, under the run's token bucket, answers
 cached in the run's SQLite file for ``identity.lookup_ttl``; "no profile" for at most an hour).
