@@ -535,7 +535,13 @@ def run_plan(variant: Variant, index: int, data: Data, timeout: float, rss_limit
         return result(
             f"exit {child.returncode}", None, f"exit {child.returncode}: " + " | ".join(tail)
         )
-    summary = json.loads((variant.out / "plan.json").read_text(encoding="utf-8"))
+    # `backfill plan` writes into <output>/plan/ since the integrator's change; older revisions
+    # (a --compare before it) wrote into the output folder itself.
+    found = [p for p in (variant.out / "plan" / "plan.json", variant.out / "plan.json")
+             if p.is_file()]  # fmt: skip
+    if not found:
+        return result("no plan.json", None, f"no plan.json under {variant.out}")
+    summary = json.loads(found[0].read_text(encoding="utf-8"))
     rows, requests = summary.get("rows"), summary.get("requests")
     detail = (
         f"rows={rows} requests={requests} profiles={summary.get('profiles')} "

@@ -11,7 +11,9 @@ import sys
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Awaitable, Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TypeVar
@@ -61,7 +63,7 @@ from backfill.resolve import (
     identity_map_candidates,
     lookup_candidates,
     open_pairs,
-    resolve,
+    resolve_parts,
 )
 from backfill.resume import made_from, why_not
 from backfill.source import (
@@ -192,31 +194,32 @@ def build_plan(
     shutil.rmtree(spill, ignore_errors=True)
     private_dir(spill)
     try:
-        batches = 0
         with _bar(quiet, desc="reading", unit=" rows", unit_scale=True) as bar:
-            for batch in read_batches(job, files, scratch=spill):
-                mapped_batch = map_batch(job, batch)
-                mapped_batch.write_parquet(
-                    spill / f"mapped-{batches:06d}.parquet", compression=SPILL
-                )
-                batches += 1
-                bar.update(batch.height)
+            batches = _map_batches(job, files, spill, bar)
         if not batches:  # an empty extract (a quiet night): plan 0 units, not a crash
             _empty_mapped(job).write_parquet(spill / "mapped-000000.parquet")
         mapped = pl.scan_parquet(spill / "mapped-*.parquet")
         stats = LookupStats()
-        pairs = open_pairs(job, mapped, candidates)
         looked_up = job.identity.lookup and not offline
-        if looked_up and pairs.height:
-            found, stats = _lookups(job, pairs, out, quiet, refresh_lookups, clock)
-            candidates = pl.concat([candidates, found])
-        resolved = resolve(job, mapped, candidates, looked_up=looked_up)
+        if looked_up:  # the open pairs cost a pass over every row: only for Lookup
+            pairs = open_pairs(job, mapped, candidates)
+            if pairs.height:
+                found, stats = _lookups(job, pairs, out, quiet, refresh_lookups, clock)
+                candidates = pl.concat([candidates, found])
+        parts = resolve_parts(job, mapped, candidates, looked_up=looked_up)
+        resolved = pl.concat(parts, how="vertical")
         if not candidates.is_empty():
-            # With candidates, resolving joins; do it once for the four readers below. Without
-            # (profile IDs only), it is a few cheap columns: recomputing beats a spill.
-            resolved_path = spill / "resolved.parquet"
-            resolved.sink_parquet(resolved_path, compression=SPILL)
-            resolved = pl.scan_parquet(resolved_path)
+            # With candidates, resolving joins; do it once for the four readers below, every
+            # part in one pass over the mapped rows. Without (profile IDs only), it is a few
+            # cheap columns: recomputing beats a spill.
+            paths = [spill / f"resolved-{i}.parquet" for i in range(len(parts))]
+            pl.collect_all(
+                [
+                    p.sink_parquet(path, compression=SPILL, lazy=True)
+                    for p, path in zip(parts, paths, strict=True)
+                ]
+            )
+            resolved = pl.scan_parquet(paths)
         plan_path = folder / "plan.parquet"
         rows = mapped.select(pl.len()).collect().item()
         write_units(job, resolved, plan_path, rows, spill)
@@ -265,6 +268,33 @@ def build_plan(
     )
     write_private(summary_path, text + "\n")
     return result
+
+
+MAP_THREADS: Final = 2  # batches mapped at once (one more batch in memory per thread)
+
+
+def _map_batches(job: Job, files: list[SourceFile], spill: Path, bar: tqdm[Any]) -> int:
+    """Map every source batch into ``spill/mapped-NNNNNN.parquet``; return how many.
+
+    Batches are mapped ``MAP_THREADS`` at a time: mapping is many short polars steps with
+    Python between them, so one batch alone keeps about one core busy (polars releases the
+    GIL while it works). Each batch keeps its number, so the files read back in order."""
+
+    def map_one(batch: pl.DataFrame, path: Path) -> None:
+        map_batch(job, batch).write_parquet(path, compression=SPILL)
+
+    batches = 0
+    with ThreadPoolExecutor(MAP_THREADS, thread_name_prefix="map") as pool:
+        pending: deque[Future[None]] = deque()
+        for batch in read_batches(job, files, scratch=spill):
+            if len(pending) >= MAP_THREADS:
+                pending.popleft().result()  # a failed batch fails the plan here
+            pending.append(pool.submit(map_one, batch, spill / f"mapped-{batches:06d}.parquet"))
+            batches += 1
+            bar.update(batch.height)
+        for done in pending:
+            done.result()
+    return batches
 
 
 def _check_mapped_types(job: Job, files: list[SourceFile]) -> None:
@@ -351,8 +381,14 @@ def _summary(
     stats: LookupStats,
     started: float,
 ) -> PlanSummary:
-    counts: dict[str, int] = dict(resolved.group_by(OUTCOME).agg(pl.len()).collect().rows())
-    rows, invalid = resolved.select(pl.len(), pl.col(INVALID).is_not_null().sum()).collect().row(0)
+    # One pass over the resolved rows: per outcome, its rows and those with an invalid cell.
+    per_outcome = (
+        resolved.group_by(OUTCOME)
+        .agg(pl.len().alias("rows"), pl.col(INVALID).is_not_null().sum().alias("invalid"))
+        .collect()
+    )
+    counts: dict[str, int] = dict(zip(per_outcome[OUTCOME], per_outcome["rows"], strict=True))
+    rows, invalid = int(per_outcome["rows"].sum()), int(per_outcome["invalid"].sum())
     units = pl.scan_parquet(plan_path)
     requests, profiles, creates = (
         units.select(

@@ -1,7 +1,9 @@
 """Which Memory profile each row belongs to: profile ID column, identity map, then Lookup.
 
 ``resolve(job, mapped, candidates)`` is the stage's one entry: a polars plan that adds
-``__target``, ``__outcome`` and ``__reason`` to the mapped rows. Its inputs come from
+``__target``, ``__outcome``, ``__reason`` and ``__action`` to the mapped rows
+(``resolve_parts`` gives the same rows as parts, for a caller that spills them in one pass;
+rows one profile settles take a short path there). Its inputs come from
 ``identity_map_candidates`` (a join table from an export) and ``lookup_candidates`` (each
 distinct still-open identifier asked once, concurrently, under the run's token bucket, answers
 cached in the run's SQLite file for ``identity.lookup_ttl``; "no profile" for at most an hour).
@@ -237,9 +239,28 @@ def resolve(
     ``looked_up`` is false when Lookup was not asked (``lookup = false`` or ``--offline``), so an
     unresolved row says that only the profile ID column and the identity map were tried.
     """
+    return pl.concat(resolve_parts(job, mapped, candidates, looked_up=looked_up), how="vertical")
+
+
+def resolve_parts(
+    job: Job,
+    mapped: pl.LazyFrame,
+    candidates: pl.DataFrame,
+    *,
+    looked_up: bool = True,
+    easy_path: bool = True,
+) -> list[pl.LazyFrame]:
+    """``resolve`` as parts that together hold every row once, each with the same columns:
+    rows with a valid profile ID, rows settled by one profile, and the rest. A caller that
+    spills them can sink all parts in one pass (``pl.collect_all``) so the joins run once.
+
+    Most rows name one profile through every identifier that has candidates; those take a
+    short path of a few cheap columns (polars evaluates every branch of a ``when`` on every
+    row, and the general rules build several strings per row). The general rules
+    (``_general``) still decide every other row, exactly as they decide the easy ones
+    (``easy_path=False`` sends every row through them: tests/test_resolve_paths.py).
+    """
     identifiers = job.identity.identifiers
-    # Rows with a valid profile ID need none of the work below (and polars would evaluate every
-    # branch of it on every row), so they take a short path and rejoin at the end.
     by_id = mapped.filter(pl.col(PID).is_not_null()).with_columns(
         pl.col(PID).alias(TARGET),
         pl.lit(BY_PROFILE_ID).alias(OUTCOME),
@@ -247,33 +268,143 @@ def resolve(
         pl.lit("patch").alias(ACTION),
     )
     frame = mapped.filter(pl.col(PID).is_null())
-    for k in range(len(identifiers)):
-        mine = candidates.filter(pl.col("k") == k)
-        if mine.is_empty():  # nothing to join: every row of this identifier has no candidate
+    tables = {k: candidates.filter(pl.col("k") == k) for k in range(len(identifiers))}
+    joined = [k for k, table in tables.items() if not table.is_empty()]
+    # A value listed twice would repeat its rows in each join: only the general path (one join)
+    # keeps that as it always was. Candidates are unique per identifier and value in practice.
+    unique = candidates.select(pl.struct("k", "value").is_unique().all()).item()
+    if not joined or not easy_path or not unique:
+        # Without candidates, the general rules say why no row resolves.
+        everything = _join(frame, tables, joined, (_n, _f, _m, _s, _e))
+        return [by_id, _general(job, everything, looked_up).drop(_scratch(job))]
+    # The first join brings what the short path reads; both paths read it (polars computes it
+    # once when both branches read the same columns), and only the rest joins the other columns.
+    frame = _join(frame, tables, joined, (_n, _f, _s))
+    n = [pl.col(_n(k)).fill_null(0) for k in range(len(identifiers))]
+    chosen = _first([pl.when(n[k] > 0).then(pl.col(_f(k))) for k in joined], pl.String())
+    source = _first([pl.when(n[k] > 0).then(pl.col(_s(k))) for k in joined], pl.String())
+    # Every identifier with candidates (the decider included) names exactly the chosen one.
+    agree = [(n[k] == 0) | ((n[k] == 1) & (pl.col(_f(k)) == chosen)) for k in joined]
+    easy = chosen.is_not_null() & source.is_in(RESOLVED) & pl.all_horizontal(agree)
+    frame = frame.with_columns(easy.fill_null(False).alias(_EASY))
+    settled = (
+        frame.filter(pl.col(_EASY))
+        .with_columns(
+            chosen.alias(TARGET),
+            source.alias(OUTCOME),
+            pl.lit(None, pl.String()).alias(REASON),
+            pl.when(chosen.str.starts_with(NEW))
+            .then(pl.lit("create"))
+            .otherwise(pl.lit("patch"))
+            .alias(ACTION),
+        )
+        .drop(*(name(k) for k in range(len(identifiers)) for name in (_n, _f, _s)), _EASY)
+    )
+    hard = _join(frame.filter(~pl.col(_EASY)), tables, joined, (_m, _e))
+    rest = _general(job, hard, looked_up).drop(*_scratch(job), _EASY)
+    return [by_id, settled, rest]
+
+
+def _join(
+    frame: pl.LazyFrame,
+    tables: dict[int, pl.DataFrame],
+    joined: list[int],
+    names: Sequence[Callable[[int], str]],
+) -> pl.LazyFrame:
+    """``frame`` with the candidate columns ``names`` of every identifier: joined for those in
+    ``joined``, null for the others (as a value no candidate lists)."""
+    for k in tables:
+        profiles = pl.col("profiles")
+        count = profiles.list.len().cast(pl.UInt32)
+        columns = {
+            _n(k): count,
+            _f(k): profiles.list.first(),
+            # The whole list only where it has several: the general rules rebuild it.
+            _m(k): pl.when(count > 1).then(profiles),
+            _s(k): pl.col("source"),
+            _e(k): pl.col("error"),
+        }
+        wanted = [name(k) for name in names]
+        if k not in joined:
             frame = frame.with_columns(
-                pl.lit(None, pl.List(pl.String())).alias(f"__c_{k}"),
-                pl.lit(None, pl.String()).alias(f"__s_{k}"),
-                pl.lit(None, pl.String()).alias(f"__e_{k}"),
+                pl.lit(None, _SCRATCH_TYPES[name]).alias(name(k)) for name in names
             )
             continue
         frame = frame.join(
-            mine.lazy().select(
+            tables[k]
+            .lazy()
+            .select(
                 pl.col("value").alias(identifier_column(k)),
-                pl.col("profiles").alias(f"__c_{k}"),
-                pl.col("source").alias(f"__s_{k}"),
-                pl.col("error").alias(f"__e_{k}"),
+                *(columns[c].alias(c) for c in wanted),
             ),
             on=identifier_column(k),
             how="left",
             nulls_equal=False,
         )
+    return frame
+
+
+def _scratch(job: Job) -> list[str]:
+    return [name(k) for k in range(len(job.identity.identifiers)) for name in _SCRATCH_TYPES]
+
+
+_EASY = "__easy"
+
+
+def _n(k: int) -> str:
+    """How many candidate profiles identifier ``k``'s value has (0: none)."""
+    return f"__n_{k}"
+
+
+def _f(k: int) -> str:
+    """The first of them."""
+    return f"__f_{k}"
+
+
+def _m(k: int) -> str:
+    """All of them, where there are several (null otherwise)."""
+    return f"__m_{k}"
+
+
+def _s(k: int) -> str:
+    return f"__s_{k}"
+
+
+def _e(k: int) -> str:
+    return f"__e_{k}"
+
+
+_SCRATCH_TYPES: dict[Callable[[int], str], pl.DataType] = {
+    _n: pl.UInt32(),
+    _f: pl.String(),
+    _m: pl.List(pl.String()),
+    _s: pl.String(),
+    _e: pl.String(),
+}
+
+
+def _general(job: Job, frame: pl.LazyFrame, looked_up: bool) -> pl.LazyFrame:
+    """The resolution rules for rows without a profile ID, in full (see the module docstring),
+    from the candidate columns ``resolve_parts`` joined."""
+    identifiers = job.identity.identifiers
+    candidate_lists = [
+        pl.when(pl.col(_n(k)) > 1)
+        .then(pl.col(_m(k)))
+        .when(pl.col(_n(k)) == 1)
+        .then(pl.concat_list(pl.col(_f(k))))
+        .when(pl.col(_n(k)) == 0)
+        .then(pl.lit([], pl.List(pl.String())))
+        .alias(f"__c_{k}")
+        for k in range(len(identifiers))
+    ]
+    frame = frame.with_columns(candidate_lists)
     n = [pl.col(f"__c_{k}").list.len().fill_null(0) for k in range(len(identifiers))]
     decider_list = _first(
         [pl.when(n[k] > 0).then(pl.col(f"__c_{k}")) for k in range(len(identifiers))],
         pl.List(pl.String()),
     )
     decider_source = _first(
-        [pl.when(n[k] > 0).then(pl.col(f"__s_{k}")) for k in range(len(identifiers))],
+        [pl.when(n[k] > 0).then(pl.col(_s(k))) for k in range(len(identifiers))],
         pl.String(),
     )
     first = decider_list.list.first()
@@ -330,7 +461,7 @@ def resolve(
         pl.String(),
     )
     errors = pl.concat_str(
-        [pl.col(f"__e_{k}") for k in range(len(identifiers))] or [pl.lit(None, pl.String)],
+        [pl.col(_e(k)) for k in range(len(identifiers))] or [pl.lit(None, pl.String)],
         separator="; ",
         ignore_nulls=True,
     )
@@ -389,8 +520,6 @@ def resolve(
         .then(pl.lit("create"))
         .otherwise(pl.when(target.is_not_null()).then(pl.lit("patch")))
     )
-    drop = [f"__{x}_{k}" for k in range(len(identifiers)) for x in ("c", "s", "e")]
-    rest = frame.with_columns(
+    return frame.with_columns(
         target.alias(TARGET), outcome.alias(OUTCOME), reason.alias(REASON), action.alias(ACTION)
-    ).drop(drop)
-    return pl.concat([by_id, rest], how="vertical")
+    ).drop([f"__c_{k}" for k in range(len(identifiers))])
