@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from backfill.emulator import EmulatorConfig, EmulatorServer
 
 SEED = Path(__file__).parent / "data" / "emulator_seed.json"
+
+# CI replays the same examples every run (a red CI must be reproducible, not a dice roll);
+# a developer's run draws fresh ones, which is where new counterexamples come from.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 
 @pytest.fixture

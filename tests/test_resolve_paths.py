@@ -65,6 +65,9 @@ id_type = "phone"
 normalization = "phone"
 [traits.Loyalty]
 tier = "tier"
+[traits.Contact]
+email = "email"
+phone = "phone"
 [output]
 dir = "{folder / "out"}"
 """,

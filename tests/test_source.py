@@ -253,7 +253,9 @@ def test_reading_agrees_with_pythons_csv_writer(
     """Any cells Python's csv module writes (quotes, delimiters, newlines inside) read back
     exactly; rows written with a third field are reported by their first line, the rest kept."""
     out = io.StringIO(newline="")
-    writer = csv.writer(out, lineterminator="\n")
+    # CRLF: Python's writer quotes only fields holding a character of its terminator, and a
+    # bare "\r" left unquoted before "\n" is a line ending to every reader.
+    writer = csv.writer(out, lineterminator="\r\n")
     writer.writerow(["email", "tier"])
     expected: list[tuple[Any, ...]] = []
     for i, (email, tier) in enumerate(cells):
