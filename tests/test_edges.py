@@ -256,8 +256,10 @@ def test_an_empty_extract_plans_nothing_and_exits_0(
     assert summary["rows"]["read"] == summary["units"]["total"] == 0
     assert summary["requests"]["sent"] == 0
     assert "The extract had no rows" in (out / "report.md").read_text()
-    assert main(["reconcile", str(job), "--quiet"]) == 0
     capsys.readouterr()
+    assert main(["reconcile", str(job), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1 and out.startswith(f"backfill: {job}: exit 0; ")
 
 
 # -------------------------------------------------------------------------------- reports

@@ -541,13 +541,13 @@ def _country_code(digits: pl.Expr) -> pl.Expr:
 
 def _e164(digits: pl.Expr, code: pl.Expr, national: pl.Expr) -> pl.Expr:
     """``+digits`` if its country ``code`` accepts the ``national`` number's length, "" if not,
-    null when phonenumbers might rewrite the national number (it starts with a national
-    prefix)."""
+    null (phonenumbers decides) when there is no code up front or when phonenumbers might
+    rewrite the national number (it starts with a national prefix)."""
     length = pl.concat_str(code, pl.lit(":"), national.str.len_bytes().cast(pl.String))
     lengths = pl.Series(sorted(phone_countries().lengths), dtype=pl.String)
     return (
-        pl.when(code.is_null())
-        .then(pl.lit(""))
+        pl.when(code.is_null())  # no country code up front: phonenumbers may still read one
+        .then(pl.lit(None, pl.String))  # ("+011 247..." strips the US exit code 011)
         .when(
             pl.concat_str(code, pl.lit("|"), national)
             .str.extract(_prefix_pattern(), 0)
