@@ -258,8 +258,8 @@ def test_an_empty_extract_plans_nothing_and_exits_0(
     assert "The extract had no rows" in (out / "report.md").read_text()
     capsys.readouterr()
     assert main(["reconcile", str(job), "--quiet"]) == 0
-    out = capsys.readouterr().out
-    assert out.count("\n") == 1 and out.startswith(f"backfill: {job}: exit 0; ")
+    printed = capsys.readouterr().out
+    assert printed.count("\n") == 1 and printed.startswith(f"backfill: {job}: exit 0; ")
 
 
 # -------------------------------------------------------------------------------- reports
