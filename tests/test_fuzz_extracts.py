@@ -47,6 +47,7 @@ from fuzz_oracle import (
     expect,
     seed_store,
 )
+from store_reads import profile_ids
 
 # ------------------------------------------------------------------------------ switches
 
@@ -644,16 +645,7 @@ def fetch_state(url: str, auth: tuple[str, str]) -> State:
     base = f"/v1/Stores/{STORE}/Profiles"
     state: State = {}
     with httpx.Client(base_url=url, auth=auth, timeout=30) as http:
-        ids: list[str] = []
-        params: dict[str, str | int] = {"pageSize": 100}
-        while True:
-            page = http.get(base, params=params)
-            assert page.status_code == 200, page.text
-            ids += page.json()["profiles"]
-            token = page.json()["meta"].get("nextToken")
-            if not token:
-                break
-            params["pageToken"] = token
+        ids = profile_ids(http, STORE)
         for pid in ids:
             reply = http.get(f"{base}/{pid}")
             assert reply.status_code == 200, reply.text

@@ -33,6 +33,7 @@ from backfill.emulator import EmulatorConfig, EmulatorServer
 from backfill.files import EMULATOR_STATE
 from backfill.pipeline import plan as plan_job
 from backfill.pipeline import run as run_job
+from store_reads import profile_ids
 
 ROOT = Path(__file__).parents[1]
 SAMPLE_JOB = ROOT / "jobs" / "sample_backfill.toml"
@@ -159,16 +160,7 @@ def fetch_state(url: str, auth: tuple[str, str]) -> State:
     profile answers 301 to its canonical one, the IDs that never existed 404."""
     base = f"/v1/Stores/{STORE}/Profiles"
     with httpx.Client(base_url=url, auth=auth, timeout=30) as http:
-        ids: list[str] = []
-        params: dict[str, str | int] = {"pageSize": 100}
-        while True:
-            page = http.get(base, params=params)
-            assert page.status_code == 200, page.text
-            ids += page.json()["profiles"]
-            token = page.json()["meta"].get("nextToken")
-            if not token:
-                break
-            params["pageToken"] = token
+        ids = profile_ids(http, STORE)
         state: State = {}
         for pid in ids:
             reply = http.get(f"{base}/{pid}")
