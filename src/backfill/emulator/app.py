@@ -24,7 +24,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from backfill.emulator import schema
+from backfill.emulator import imports, schema
 from backfill.emulator.apierror import ApiError, bad_request
 from backfill.emulator.config import EmulatorConfig
 from backfill.emulator.faults import Fault, FaultPlan, Stats
@@ -57,6 +57,10 @@ class Emulator:
         self.commit()
         routes = [Route(path, _bind(self, fn), methods=[m], name=op) for m, path, op, fn in ROUTES]
         routes.append(Route("/__emulator__/stats", self._stats, methods=["GET", "DELETE"]))
+        upload = Route(imports.UPLOADS + "{token}", _bind(self, upload_import), methods=["PUT"],
+                       name="imports.upload")  # fmt: skip
+        routes.append(upload)
+        self.tasks: set[asyncio.Task[None]] = set()  # running imports, kept from the GC
         handlers = {
             ApiError: _api_error,
             HTTPException: _http_error,
@@ -142,7 +146,11 @@ class Gate:
         self._expected_auth = f"Basic {token}".encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
+        path = scope["path"] if scope["type"] == "http" else ""
+        # An import's upload URL stands for a storage service's pre-signed URL: faults and
+        # latency apply as to any write, Twilio auth and the account's rate limit do not.
+        upload = path.startswith(imports.UPLOADS)
+        if not (path.startswith("/v1/") or upload):
             await self.app(scope, receive, send)
             return
         emulator = self.emulator
@@ -152,11 +160,11 @@ class Gate:
             delay = faults.latency()
             if delay:
                 await asyncio.sleep(delay)
-        if not self._authorized(scope):
+        if not upload and not self._authorized(scope):
             stats.record(op, "401")
             await _send_error(send, UNAUTHORIZED)
             return
-        if faults.bucket is not None:
+        if not upload and faults.bucket is not None:
             wait = faults.bucket.take()
             if wait:
                 stats.rate_limited += 1
@@ -450,6 +458,49 @@ async def bulk_profiles(emu: Emulator, request: Request) -> Response:
     return respond(202, {"message": "Profile batch accepted for processing."})
 
 
+def _upload_url(request: Request, token: str) -> str:
+    """Built per request, like operation URLs: a restarted emulator answers with its own port."""
+    return str(request.base_url).rstrip("/") + imports.UPLOADS + token
+
+
+async def create_import(emu: Emulator, request: Request) -> Response:
+    store = _store(emu, request)
+    job = imports.register(emu.account, store, await _json(request), emu.config.upload_ttl_s)
+    return respond(201, {"importId": job.id, "url": _upload_url(request, job.token)})
+
+
+async def list_imports(emu: Emulator, request: Request) -> Response:
+    store = _store(emu, request)
+    ids = imports.ids(emu.account, store)
+    if _order(request) == "DESC":
+        ids.reverse()
+    size = _query_int(request, "pageSize", 50, 100)
+    return respond(200, paginate(ids, "imports", size, _token(request), 100))
+
+
+async def fetch_import(emu: Emulator, request: Request) -> Response:
+    store = _store(emu, request)
+    job = imports.find(emu.account, store, request.path_params["importId"])
+    return respond(200, job.to_json())
+
+
+async def upload_import(emu: Emulator, request: Request) -> Response:
+    """The upload URL: one PUT of exactly ``fileSize`` bytes, then processing in the background."""
+    raw_length = request.headers.get("content-length")
+    length = int(raw_length) if raw_length is not None and raw_length.isdigit() else None
+    job = imports.accept_upload(emu.account, request.path_params["token"], length)
+    data = await request.body()
+    job = imports.accept_upload(emu.account, request.path_params["token"], len(data))
+    imports.received(emu.account, job, data)
+    delay = emu.config.import_delay_ms / 1000.0
+    task = asyncio.get_running_loop().create_task(
+        imports.process(emu.account, job, data, delay, emu.commit)
+    )
+    emu.tasks.add(task)
+    task.add_done_callback(emu.tasks.discard)
+    return respond(200, {"importId": job.id, "status": job.status})
+
+
 async def lookup(emu: Emulator, request: Request) -> Response:
     store = _store(emu, request)
     return respond(200, emu.account.lookup(store, await _json(request)))
@@ -548,6 +599,9 @@ ROUTES: list[tuple[str, str, str, Handler]] = [
     ("POST", DP, "profiles.create", create_profile),
     ("GET", DP, "profiles.list", list_profiles),
     ("PUT", DP + "/Bulk", "profiles.bulk", bulk_profiles),
+    ("POST", DP + "/Imports", "imports.create", create_import),
+    ("GET", DP + "/Imports", "imports.list", list_imports),
+    ("GET", DP + "/Imports/{importId}", "imports.fetch", fetch_import),
     ("POST", DP + "/Lookup", "profiles.lookup", lookup),
     ("GET", DP + "/{profileId}", "profiles.fetch", fetch_profile),
     ("PATCH", DP + "/{profileId}", "profiles.patch", patch_profile),

@@ -30,6 +30,8 @@ class EmulatorConfig:
     random_seed: int | None = None
     state: Path | None = None  # SQLite file that keeps state across restarts
     seed: Path | None = None  # JSON document of stores, settings, trait groups and profiles
+    upload_ttl_s: float = 900.0  # an import's upload URL expires this long after registration
+    import_delay_ms: float = 0.0  # an uploaded import stays PROCESSING at least this long
 
     def __post_init__(self) -> None:
         for name in ("fault_rate", "drop_rate", "lost_response_rate"):
@@ -38,9 +40,11 @@ class EmulatorConfig:
                 raise ConfigError(f"{name.replace('_', '-')} must be between 0 and 1, got {value}")
         if self.fault_rate + self.drop_rate + self.lost_response_rate > 1.0:
             raise ConfigError("fault-rate + drop-rate + lost-response-rate must not exceed 1")
-        for name in ("latency_ms", "write_lag_ms"):
+        for name in ("latency_ms", "write_lag_ms", "import_delay_ms"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name.replace('_', '-')} must not be negative")
+        if self.upload_ttl_s <= 0:
+            raise ConfigError(f"upload TTL must be positive, got {self.upload_ttl_s}")
         if self.rate is not None and self.rate <= 0:
             raise ConfigError(f"rate must be positive, got {self.rate}")
         if self.burst is not None and (self.burst < 1 or self.rate is None):

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from backfill.emulator import schema
 from backfill.emulator.apierror import ApiError, bad_request, not_found
@@ -22,6 +22,9 @@ from backfill.emulator.ids import PROFILE_ID, STORE_ID, IdMinter
 from backfill.emulator.schema import IdentifierConfig, TraitDef
 from backfill.errors import InvalidIdentifierError
 from backfill.normalize import normalize
+
+if TYPE_CHECKING:
+    from backfill.emulator.imports import ImportJob
 
 Traits = dict[str, dict[str, tuple[Any, float]]]  # group -> trait -> (value, written at)
 DirtyKey = tuple[str, ...]
@@ -211,6 +214,7 @@ class Account:
         self.clock = clock
         self.stores: dict[str, Store] = {}
         self.operations: dict[str, Operation] = {}
+        self.imports: dict[str, ImportJob] = {}  # CSV imports, all stores (see imports.py)
         self.dirty: set[DirtyKey] = set()
 
     # ----------------------------------------------------------------- stores and operations

@@ -26,6 +26,7 @@ from typing import Any
 from backfill.emulator import schema
 from backfill.emulator.apierror import ApiError
 from backfill.emulator.ids import PROFILE_ID, STORE_ID
+from backfill.emulator.imports import ImportJob
 from backfill.emulator.state import Account, Operation, Profile, Store, TraitGroup
 from backfill.errors import ConfigError, EmulatorError
 from backfill.files import private_file
@@ -184,6 +185,7 @@ class SqliteStorage:
                     store_id TEXT NOT NULL, id TEXT NOT NULL, doc TEXT NOT NULL,
                     PRIMARY KEY (store_id, id));
                 CREATE TABLE IF NOT EXISTS operations (id TEXT PRIMARY KEY, doc TEXT NOT NULL);
+                CREATE TABLE IF NOT EXISTS imports (id TEXT PRIMARY KEY, doc TEXT NOT NULL);
                 """
             )
         except (OSError, sqlite3.Error) as exc:
@@ -234,6 +236,9 @@ class SqliteStorage:
         for (doc,) in self._db.execute("SELECT doc FROM operations"):
             d = json.loads(doc)
             account.operations[d["id"]] = Operation(d["id"], d["createdAt"], d["resourceId"])
+        for (doc,) in self._db.execute("SELECT doc FROM imports"):
+            job = ImportJob.from_doc(json.loads(doc))
+            account.imports[job.id] = job
         account.dirty.clear()
 
     def flush(self, account: Account) -> None:
@@ -255,6 +260,12 @@ class SqliteStorage:
                     self._db.execute(
                         "INSERT OR REPLACE INTO profiles VALUES (?, ?, ?)",
                         (key[1], key[2], json.dumps(_profile_doc(profile))),
+                    )
+                elif key[0] == "import":
+                    job = account.imports[key[1]]
+                    self._db.execute(
+                        "INSERT OR REPLACE INTO imports VALUES (?, ?)",
+                        (job.id, json.dumps(job.to_doc())),
                     )
                 else:
                     op = account.operations[key[1]]
