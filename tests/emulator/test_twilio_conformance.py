@@ -29,6 +29,7 @@ from twilio.rest import Client
 from twilio.rest.memory.v1.bulk import BulkList
 from twilio.rest.memory.v1.identifier import IdentifierList
 from twilio.rest.memory.v1.identity_resolution_setting import IdentityResolutionSettingList
+from twilio.rest.memory.v1.import_ import ImportList
 from twilio.rest.memory.v1.lookup import LookupList
 from twilio.rest.memory.v1.profile import ProfileList
 from twilio.rest.memory.v1.store import StoreList
@@ -889,6 +890,69 @@ def test_bulk_item_without_promoted_trait_is_400(v1: Any, store_id: str) -> None
     )
     with rejected(400, 400):
         v1.bulk(store_id).update(request)
+
+
+# ------------------------------------------------------------------------------------- imports
+
+IMPORT_CSV = b"email,first\nimp1@example.com,Imp\nimp2@example.com,\n"
+IMPORT_MAPPINGS = [
+    {"columnName": "email", "traitGroup": "Contact", "traitName": "email"},
+    {"columnName": "first", "traitGroup": "Contact", "traitName": "firstName"},
+]
+
+
+def import_request(size: int, mappings: list[dict[str, str]] | None = None) -> Any:
+    return ImportList.CreateProfilesImportV2Request(
+        {
+            "filename": "extract.csv",
+            "fileSize": size,
+            "columnMappings": mappings or IMPORT_MAPPINGS,
+        }
+    )
+
+
+def test_import_create_upload_fetch_and_list(v1: Any, store_id: str) -> None:
+    """create is 201 {importId, url}; fetch reads status/filename/createdAt/summary; list IDs."""
+    response = v1.imports(store_id).create_with_http_info(import_request(len(IMPORT_CSV)))
+    assert response.status_code == 201
+    created = response.data
+    assert re.match(r"^mem_import_[0-7][0-9a-z]{25}$", created.import_id)
+    pending = v1.imports(store_id, created.import_id).fetch()
+    assert (pending.status, pending.filename, pending.file_size) == (
+        "PENDING", "extract.csv", len(IMPORT_CSV))  # fmt: skip
+    assert pending.created_at is not None and pending.updated_at is not None
+    assert pending.summary["errors"] == 0 and pending.summary["warnings"] == 0
+    assert httpx.put(created.url, content=IMPORT_CSV).status_code == 200  # no Twilio auth
+    for _ in range(500):  # bounded by a count, not a time
+        done = v1.imports(store_id, created.import_id).fetch()
+        if done.status not in ("PENDING", "PROCESSING"):
+            break
+    assert done.status == "COMPLETED"
+    assert (done.summary["errors"], done.summary["warnings"]) == (0, 1)  # imp2's blank first
+    assert done.column_mappings == IMPORT_MAPPINGS
+    imp1 = lookup(v1, store_id, "email", "imp1@example.com").profiles
+    assert traits_of(v1, store_id, imp1[0]) == contact(email="imp1@example.com", firstName="Imp")
+    second = v1.imports(store_id).create(import_request(len(IMPORT_CSV))).import_id
+    assert v1.imports(store_id).list() == [second, created.import_id]
+    assert v1.imports(store_id).list(order_by="ASC", page_size=1) == [created.import_id, second]
+
+
+def test_import_rejections(v1: Any, store_id: str) -> None:
+    """Bad registrations are 400/400; an unknown import is 404/20404; a bad ID 400."""
+    with rejected(400, 400):
+        v1.imports(store_id).create(import_request(0))
+    with rejected(400, 400):
+        v1.imports(store_id).create(import_request(10, IMPORT_MAPPINGS[:1]))
+    unknown_group = [IMPORT_MAPPINGS[0], {**IMPORT_MAPPINGS[1], "traitGroup": "Nope"}]
+    with rejected(400, 400):
+        v1.imports(store_id).create(import_request(10, unknown_group))
+    with rejected(404, 20404):
+        v1.imports(store_id, "mem_import_0" + "z" * 25).fetch()
+    with rejected(400, 400):
+        v1.imports(store_id, "not-an-import").fetch()
+    with rejected(404, 20404):
+        v1.imports(UNKNOWN_STORE).create(import_request(10))
+    assert v1.imports(store_id).list() == []
 
 
 # ---------------------------------------------------------------------------------- pagination
