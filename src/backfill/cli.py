@@ -177,6 +177,10 @@ def build_parser() -> argparse.ArgumentParser:
     emu.add_argument("--latency-ms", type=float, default=0.0, help="added latency, +-50%% jitter")
     emu.add_argument("--write-lag-ms", type=float, default=0.0,
                      help="writes become visible to reads only after this delay")  # fmt: skip
+    emu.add_argument("--upload-ttl-s", type=_rate, default=900.0,
+                     help="an import's upload URL expires after this (default 900)")  # fmt: skip
+    emu.add_argument("--import-delay-ms", type=float, default=0.0,
+                     help="an uploaded import stays PROCESSING at least this long")  # fmt: skip
     emu.add_argument("--random-seed", type=int, help="seed for every random decision")
     emu.add_argument("--state", type=Path, help="SQLite file that keeps state across restarts")
     emu.add_argument(
@@ -201,6 +205,8 @@ def _run_emulator(args: argparse.Namespace) -> int:
         lost_response_rate=args.lost_response_rate,
         latency_ms=args.latency_ms,
         write_lag_ms=args.write_lag_ms,
+        upload_ttl_s=args.upload_ttl_s,
+        import_delay_ms=args.import_delay_ms,
         random_seed=args.random_seed,
         state=args.state,
         seed=args.seed,
