@@ -250,13 +250,15 @@ async def process(
 
 
 def _reader(data: bytes) -> Any:
+    """A CSV reader decoding as it goes: a 100 MiB file is not held again as one ``str``."""
     try:
-        text = data.decode("utf-8-sig")
+        data.decode("utf-8-sig")  # validate up front so a bad file applies no row at all
     except UnicodeDecodeError as exc:
         raise _Failed(f"The file is not UTF-8 text (byte {exc.start}); not a CSV file.") from None
-    if "\x00" in text:
+    if b"\x00" in data:
         raise _Failed("The file holds NUL bytes; not a CSV file.")
-    return csv.reader(io.StringIO(text, newline=""), strict=True)
+    text = io.TextIOWrapper(io.BytesIO(data), encoding="utf-8-sig", newline="")
+    return csv.reader(text, strict=True)
 
 
 async def _apply(account: Account, store: Store, job: ImportJob, reader: Any) -> None:
