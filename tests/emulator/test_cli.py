@@ -29,6 +29,8 @@ SWITCHES = [
     "--lost-response-rate",
     "--latency-ms",
     "--write-lag-ms",
+    "--upload-ttl-s",
+    "--import-delay-ms",
     "--random-seed",
     "--state",
     "--seed",
@@ -139,6 +141,7 @@ def test_non_loopback_host_is_refused() -> None:
         (["--auth", "nocolon"], "SID:SECRET"),
         (["--auth", ":secret"], "SID:SECRET"),
         (["--port", "http"], "--port"),
+        (["--upload-ttl-s", "0"], "--upload-ttl-s"),
     ],
 )
 def test_bad_switch_values_exit_2(args: list[str], needle: str) -> None:
@@ -156,6 +159,7 @@ def test_bad_switch_values_exit_2(args: list[str], needle: str) -> None:
         (["--fault-rate", "0.6", "--drop-rate", "0.6"], "must not exceed 1"),
         (["--port", "70000"], "port"),
         (["--latency-ms", "-5"], "latency-ms"),
+        (["--import-delay-ms", "-5"], "import-delay-ms"),
     ],
 )
 def test_inconsistent_switches_exit_2(args: list[str], needle: str) -> None:

@@ -387,3 +387,12 @@ def test_a_lost_upload_response_was_applied_and_the_retry_is_409() -> None:
         assert httpx.put(created["url"], content=GOOD).status_code == 409
         assert settle(api, created["importId"])["status"] == "COMPLETED"
         assert len(api.get(DP + "/Imports").json()["imports"]) == 2  # the lost create was kept
+
+
+def test_rows_are_numbered_by_record_not_by_line(api: httpx.Client) -> None:
+    """A quoted cell may span lines; the error names the record, and blank lines are skipped."""
+    data = b'email,first\n"multi@example.com","two\nlines"\n\nbad@example.com,x,y\n'
+    done = run(api, data, MAPPINGS[:2])
+    assert (done["summary"]["rows"], done["summary"]["errors"]) == (2, 1)
+    assert [d["row"] for d in done["summary"]["details"]] == [2]
+    assert traits_of(api, "multi@example.com")["Contact"]["firstName"] == "two\nlines"
