@@ -1,9 +1,9 @@
 """Which Memory profile each row belongs to: profile ID column, identity map, then Lookup.
 
-``resolve(job, mapped, candidates)`` is the stage's one entry: a polars plan that adds
-``__target``, ``__outcome``, ``__reason`` and ``__action`` to the mapped rows
-(``resolve_parts`` gives the same rows as parts, for a caller that spills them in one pass;
-rows one profile settles take a short path there). Its inputs come from
+``resolve_parts(job, mapped, candidates)`` is the stage's one entry: polars plans that add
+``__target``, ``__outcome``, ``__reason`` and ``__action`` to the mapped rows, as parts that
+together hold every row once (the caller spills them in one pass; rows one profile settles
+take a short path). Its inputs come from
 ``identity_map_candidates`` (a join table from an export) and ``lookup_candidates`` (each
 distinct still-open identifier asked once, concurrently, under the run's token bucket, answers
 cached in the run's SQLite file for ``identity.lookup_ttl``; "no profile" for at most an hour).
@@ -231,17 +231,6 @@ def _first(exprs: Sequence[pl.Expr], dtype: pl.DataType) -> pl.Expr:
     return pl.coalesce(exprs) if exprs else pl.lit(None, dtype)
 
 
-def resolve(
-    job: Job, mapped: pl.LazyFrame, candidates: pl.DataFrame, *, looked_up: bool = True
-) -> pl.LazyFrame:
-    """Add ``__target``, ``__outcome``, ``__reason`` and ``__action`` to every mapped row.
-
-    ``looked_up`` is false when Lookup was not asked (``lookup = false`` or ``--offline``), so an
-    unresolved row says that only the profile ID column and the identity map were tried.
-    """
-    return pl.concat(resolve_parts(job, mapped, candidates, looked_up=looked_up), how="vertical")
-
-
 def resolve_parts(
     job: Job,
     mapped: pl.LazyFrame,
@@ -250,9 +239,13 @@ def resolve_parts(
     looked_up: bool = True,
     easy_path: bool = True,
 ) -> list[pl.LazyFrame]:
-    """``resolve`` as parts that together hold every row once, each with the same columns:
-    rows with a valid profile ID, rows settled by one profile, and the rest. A caller that
-    spills them can sink all parts in one pass (``pl.collect_all``) so the joins run once.
+    """Add ``__target``, ``__outcome``, ``__reason`` and ``__action`` to every mapped row, as
+    parts that together hold every row once, each with the same columns: rows with a valid
+    profile ID, rows settled by one profile, and the rest. A caller that spills them can sink
+    all parts in one pass (``pl.collect_all``) so the joins run once; ``pl.concat`` of the parts
+    is the whole. ``looked_up`` is false when Lookup was not asked (``lookup = false`` or
+    ``--offline``), so an unresolved row says that only the profile ID column and the identity
+    map were tried.
 
     Most rows name one profile through every identifier that has candidates; those take a
     short path of a few cheap columns (polars evaluates every branch of a ``when`` on every
