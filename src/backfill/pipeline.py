@@ -72,7 +72,6 @@ from backfill.source import (
     ROW,
     SourceFile,
     check_columns,
-    file_schema,
     read_batches,
     source_files,
 )
@@ -181,8 +180,7 @@ def build_plan(
     them (wall time: ``identity.lookup_ttl`` spans runs)."""
     started = time.monotonic()
     files = source_files(job)
-    check_columns(job, files)
-    _check_mapped_types(job, files)
+    _check_mapped_types(job, check_columns(job, files))
     if job.identity.identity_map is not None and not job.identity.identity_map.is_file():
         raise ConfigError(
             f"{job.path}: identity.identity_map: {job.identity.identity_map}: no such file"
@@ -297,25 +295,23 @@ def _map_batches(job: Job, files: list[SourceFile], spill: Path, bar: tqdm[Any])
     return batches
 
 
-def _check_mapped_types(job: Job, files: list[SourceFile]) -> None:
+def _check_mapped_types(job: Job, schemas: dict[Path, pl.Schema]) -> None:
     """Refuse, before any row is read, files whose columns would map to different types (an
     ARRAY trait fed by a list of numbers in one Parquet file and by text in a CSV): their
-    batches could not be planned together, and no type can hold both without changing values."""
-    seen: dict[str, tuple[pl.DataType, SourceFile]] = {}
+    batches could not be planned together, and no type can hold both without changing values.
+    ``schemas``: each file's columns as ``check_columns`` read them."""
+    seen: dict[str, tuple[pl.DataType, Path]] = {}
     names = mapped_names(job)
-    for file in files:
-        schema = file_schema(job, file)
-        if schema is None:
-            continue
+    for path, schema in schemas.items():
         mapped = _empty_mapped(job, schema).schema
         for column, dtype in mapped.items():
             if column not in names:
                 continue
-            first = seen.setdefault(column, (dtype, file))
+            first = seen.setdefault(column, (dtype, path))
             if first[0] != dtype:
                 raise ConfigError(
-                    f"{job.path}: {names[column]} is fed {first[0]} by {first[1].path} but "
-                    f"{dtype} by {file.path}: convert one file so both hold the same type"
+                    f"{job.path}: {names[column]} is fed {first[0]} by {first[1]} but "
+                    f"{dtype} by {path}: convert one file so both hold the same type"
                 )
 
 

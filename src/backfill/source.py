@@ -118,10 +118,14 @@ def unread(column: str) -> pl.Expr:
 # --- job check ------------------------------------------------------------------------------
 
 
-def check_columns(job: Job, files: list[SourceFile]) -> None:
+def check_columns(job: Job, files: list[SourceFile]) -> dict[Path, pl.Schema]:
     """Fail before reading any row when a file lacks a column the job maps, or holds one whose
-    type no trait or identifier can take (Parquet structs, maps, binary, nested lists)."""
+    type no trait or identifier can take (Parquet structs, maps, binary, nested lists).
+
+    Returns, per file, the job's columns typed as a batch of it will be (text for CSV); a
+    0-byte CSV has none."""
     orders: dict[str, Path] = {}  # kind of order_by value -> the first file holding it
+    schemas: dict[Path, pl.Schema] = {}
     for file in files:
         try:
             schema = _csv_header(job, file) if file.is_csv else _parquet_schema(file)
@@ -139,21 +143,14 @@ def check_columns(job: Job, files: list[SourceFile]) -> None:
             _check_types(job, file, schema)
         if job.source.order_by is not None:
             orders.setdefault(_order_kind(job, file, schema[job.source.order_by]), file.path)
+        schemas[file.path] = pl.Schema({c: schema[c] for c in job.columns})
     if len(orders) > 1:
         (a, first), (b, second) = orders.items()
         raise ConfigError(
             f"{job.path}: source.order_by {job.source.order_by!r} holds {a} in {first} but {b}"
             f" in {second}: rows of one job are ordered by one kind of value"
         )
-
-
-def file_schema(job: Job, file: SourceFile) -> pl.Schema | None:
-    """The columns of ``file`` the job reads, typed as a batch of it will be (text for CSV);
-    None for a 0-byte CSV. Call after ``check_columns``."""
-    schema = _csv_header(job, file) if file.is_csv else _parquet_schema(file)
-    if schema is None:
-        return None
-    return pl.Schema({c: schema[c] for c in job.columns})
+    return schemas
 
 
 def _order_kind(job: Job, file: SourceFile, dtype: PolarsDataType) -> str:
