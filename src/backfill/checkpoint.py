@@ -182,23 +182,24 @@ class _Connection(sqlite3.Connection):
 
     path = "?"
 
-    def execute(self, sql: str, parameters: Any = (), /) -> sqlite3.Cursor:
+    @contextmanager
+    def _named(self) -> Iterator[None]:
         try:
-            return super().execute(sql, parameters)
+            yield
         except sqlite3.Error as exc:
             raise StorageError(f"cannot use {self.path}: {exc}") from exc
+
+    def execute(self, sql: str, parameters: Any = (), /) -> sqlite3.Cursor:
+        with self._named():
+            return super().execute(sql, parameters)
 
     def executemany(self, sql: str, parameters: Iterable[Any], /) -> sqlite3.Cursor:
-        try:
+        with self._named():
             return super().executemany(sql, parameters)
-        except sqlite3.Error as exc:
-            raise StorageError(f"cannot use {self.path}: {exc}") from exc
 
     def executescript(self, sql_script: str, /) -> sqlite3.Cursor:
-        try:
+        with self._named():
             return super().executescript(sql_script)
-        except sqlite3.Error as exc:
-            raise StorageError(f"cannot use {self.path}: {exc}") from exc
 
 
 class RunDB:

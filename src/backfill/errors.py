@@ -56,7 +56,8 @@ class RunLocked(BackfillError):
 
 
 class AuthError(BackfillError):
-    """Credentials missing or refused; retrying cannot help."""
+    """Credentials refused by the service (401/403); retrying cannot help. Missing ones are
+    ``CredentialsMissing``."""
 
 
 class StorageError(BackfillError):
