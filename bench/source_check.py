@@ -25,7 +25,7 @@ from pathlib import Path
 
 import polars as pl
 
-from backfill.source import _layout
+from backfill.plan.source import _layout
 
 
 def extract(rows: int) -> pl.DataFrame:

@@ -247,7 +247,7 @@ async def run_aiohttp(spec: Spec) -> Measured:
 
 async def run_backfill(spec: Spec) -> Measured:
     """backfill's MemoryClient with no token bucket: its default transport, auth, retries."""
-    from backfill.client import Credentials, MemoryClient
+    from backfill.transport.client import Credentials, MemoryClient
 
     credentials = Credentials(USERNAME, PASSWORD)
     async with MemoryClient(spec.url, credentials, concurrency=spec.concurrency) as client:

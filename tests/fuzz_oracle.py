@@ -2,7 +2,7 @@
 
 Independent of the pipeline on purpose: plain Python per row, written from the rules in README
 ("How rows become requests"), ../shared/memory-api.md and issue 9, never from ``backfill``'s
-polars code. The only code it shares is ``backfill.normalize.normalize``, the trusted slow path
+polars code. The only code it shares is ``backfill.plan.normalize.normalize``, the trusted slow path
 that the store itself normalizes identifiers with.
 
 A source row is given as its cells after reading: ``None`` for a blank cell, ``BAD`` for a cell the
@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 from backfill.errors import InvalidIdentifierError
-from backfill.normalize import normalize
+from backfill.plan.normalize import normalize
 
 BAD: Final = object()  # a cell the source could not read faithfully: dropped and reported
 RAGGED: Final = "ragged"  # a row the source refuses whole (wrong number of fields)

@@ -18,11 +18,11 @@ import anyio.lowlevel
 import httpx
 import pytest
 
-from backfill.client import Credentials, MemoryClient, RetryPolicy
 from backfill.emulator import EmulatorConfig, EmulatorServer
 from backfill.emulator.faults import AccountBucket
 from backfill.errors import ConfigError
-from backfill.throttle import AdaptiveRate, TokenBucket, default_burst
+from backfill.transport.client import Credentials, MemoryClient, RetryPolicy
+from backfill.transport.throttle import AdaptiveRate, TokenBucket, default_burst
 
 SEED = Path(__file__).parent / "data" / "emulator_seed.json"
 STORE = "mem_store_01jtest0000000000000000000"

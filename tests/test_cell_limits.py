@@ -17,10 +17,10 @@ import pytest
 
 from backfill.config import Job, load_job
 from backfill.emulator import EmulatorServer
-from backfill.mapping import INVALID, map_batch, value_column
 from backfill.pipeline import build_plan
-from backfill.plan import encode_trait
-from backfill.source import FILE, PROBLEM, ROW, read_batches
+from backfill.plan.mapping import INVALID, map_batch, value_column
+from backfill.plan.source import FILE, PROBLEM, ROW, read_batches
+from backfill.plan.units import encode_trait
 from cell_cases import CASES, REFUSED, Case, Kind, same_json
 
 STORE = "mem_store_01jtest0000000000000000000"

@@ -34,7 +34,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from backfill import __version__
-from backfill.client import (
+from backfill.emulator import EmulatorConfig, EmulatorServer
+from backfill.errors import AuthError, BackfillError, ConfigError, CredentialsMissing
+from backfill.transport.client import (
     Credentials,
     MemoryClient,
     Reply,
@@ -42,9 +44,7 @@ from backfill.client import (
     aiohttp_transient,
     encode_json,
 )
-from backfill.emulator import EmulatorConfig, EmulatorServer
-from backfill.errors import AuthError, BackfillError, ConfigError, CredentialsMissing
-from backfill.throttle import TokenBucket
+from backfill.transport.throttle import TokenBucket
 
 SEED = Path(__file__).parent / "data" / "emulator_seed.json"
 STORE = "mem_store_01jtest0000000000000000000"

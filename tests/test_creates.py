@@ -22,9 +22,9 @@ from typing import Any
 import httpx
 import pytest
 
-from backfill import plan as plan_module
 from backfill.emulator import EmulatorConfig, EmulatorServer
 from backfill.pipeline import run as run_job
+from backfill.plan import units as plan_module
 
 ROOT = Path(__file__).parents[1]
 STORE = "mem_store_01jcreate00000000000000000"

@@ -15,8 +15,8 @@ import pytest
 from backfill import pipeline
 from backfill.checkpoint import RunDB
 from backfill.cli import main
-from backfill.client import CREDENTIAL_VARIABLES
 from backfill.errors import StorageError
+from backfill.transport.client import CREDENTIAL_VARIABLES
 
 SEED = Path(__file__).parent / "data" / "emulator_seed.json"
 A = "mem_profile_01jtest000000000000000000a"  # ada@example.com in the seed

@@ -19,12 +19,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import backfill.mapping
-import backfill.normalize
+import backfill.plan.mapping
+import backfill.plan.normalize
 from backfill.config import Identifier
 from backfill.errors import InvalidIdentifierError
-from backfill.mapping import normalize_column
-from backfill.normalize import SPACE_CHARS, normalize
+from backfill.plan.mapping import normalize_column
+from backfill.plan.normalize import SPACE_CHARS, normalize
 
 PNF = phonenumbers.PhoneNumberFormat
 
@@ -227,13 +227,13 @@ def test_common_shapes_never_reach_the_slow_path(monkeypatch: pytest.MonkeyPatch
     """US shapes, +<code> numbers of every country and ASCII emails are settled by polars:
     normalize() is not called for them (the speed of planning depends on it)."""
     calls: list[str] = []
-    real: Callable[[str, str, str], str] = backfill.normalize.normalize
+    real: Callable[[str, str, str], str] = backfill.plan.normalize.normalize
 
     def counting(value: str, normalization: str, region: str = "US") -> str:
         calls.append(value)
         return real(value, normalization, region)
 
-    monkeypatch.setattr(backfill.mapping, "normalize", counting)
+    monkeypatch.setattr(backfill.plan.mapping, "normalize", counting)
     plus = [
         phonenumbers.format_number(n, f)
         for n in EXAMPLES

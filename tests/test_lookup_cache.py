@@ -19,7 +19,8 @@ from backfill.checkpoint import RunDB
 from backfill.config import NO_PROFILE_TTL, load_job
 from backfill.emulator import EmulatorConfig, EmulatorServer
 from backfill.errors import ConfigError
-from backfill.pipeline import PlanResult, build_plan, run
+from backfill.pipeline import build_plan, run
+from backfill.report import PlanResult
 
 SEED = Path(__file__).parent / "data" / "emulator_seed.json"
 STORE = "mem_store_01jtest0000000000000000000"

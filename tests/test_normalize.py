@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from backfill.errors import InvalidIdentifierError
-from backfill.normalize import SPACE_CHARS, normalize
+from backfill.plan.normalize import SPACE_CHARS, normalize
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ from collections import Counter
 from hypothesis import given
 from hypothesis import strategies as st
 
-from backfill.plan import chunk_traits
+from backfill.plan.units import chunk_traits
 
 group_sizes = st.lists(st.integers(min_value=1, max_value=260), min_size=0, max_size=130)
 

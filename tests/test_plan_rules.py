@@ -12,8 +12,9 @@ from typing import Any
 import polars as pl
 
 from backfill.config import load_job
-from backfill.pipeline import PlanResult, build_plan
-from backfill.source import read_batches
+from backfill.pipeline import build_plan
+from backfill.plan.source import read_batches
+from backfill.report import PlanResult
 
 SEED = Path(__file__).parent / "data" / "emulator_seed.json"
 A = "mem_profile_01jtest000000000000000000a"  # ada@example.com, +13175550001

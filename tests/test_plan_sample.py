@@ -16,7 +16,8 @@ import pytest
 from backfill.cli import main
 from backfill.config import Job, Send, Source, load_job
 from backfill.errors import ConfigError
-from backfill.pipeline import PlanResult, build_plan
+from backfill.pipeline import build_plan
+from backfill.report import PlanResult
 
 ROOT = Path(__file__).parents[1]
 EXPECTED: dict[str, Any] = json.loads((ROOT / "sample_data" / "expected_plan.json").read_text())
@@ -153,9 +154,9 @@ def test_bucketed_planning_gives_the_same_units(
     planned: PlanResult, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Large inputs are planned in hash buckets to bound memory; the units are the same."""
-    import backfill.plan
+    import backfill.plan.units
 
-    monkeypatch.setattr(backfill.plan, "BUCKET_ROWS", 500)  # 2,000 rows -> 4 buckets
+    monkeypatch.setattr(backfill.plan.units, "BUCKET_ROWS", 500)  # 2,000 rows -> 4 buckets
     result = build_plan(sample_job(tmp_path), quiet=True)
     whole = pl.read_parquet(planned.plan_path).sort("key")
     assert pl.read_parquet(result.plan_path).sort("key").equals(whole)

@@ -357,7 +357,7 @@ def test_expected_values_are_what_the_plan_sends(
 def test_large_plans_are_read_in_buckets(delivered: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Above BUCKET_ROWS rows, expected values are derived one bucket of profiles at a time,
     with the same outcome."""
-    from backfill import compare
+    from backfill.verify import compare
 
     monkeypatch.setattr(compare, "BUCKET_ROWS", 3)
     result = reconcile(delivered, quiet=True)

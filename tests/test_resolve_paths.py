@@ -19,8 +19,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from backfill.config import Job, load_job
-from backfill.mapping import PID, identifier_column
-from backfill.resolve import (
+from backfill.plan.mapping import PID, identifier_column
+from backfill.plan.resolve import (
     ACTION,
     AMBIGUOUS,
     BY_LOOKUP,
@@ -35,7 +35,7 @@ from backfill.resolve import (
     UNRESOLVED,
     resolve_parts,
 )
-from backfill.source import FILE, ROW
+from backfill.plan.source import FILE, ROW
 
 PROFILES = [f"mem_profile_01jtest000000000000000000{c}" for c in "abc"]
 VALUES = ["v1", "v2", "v3"]  # few, so rows often share values with the tables and each other

@@ -27,12 +27,12 @@ from typing import Any
 import httpx
 import pytest
 
-from backfill import schema
 from backfill.cli import main
 from backfill.emulator import EmulatorConfig, EmulatorServer
 from backfill.files import EMULATOR_STATE
 from backfill.pipeline import plan as plan_job
 from backfill.pipeline import run as run_job
+from backfill.targets import memory_schema as schema
 from store_reads import profile_ids
 
 ROOT = Path(__file__).parents[1]

@@ -13,11 +13,10 @@ import anyio
 import httpx
 import pytest
 
-from backfill.client import Credentials, MemoryClient
 from backfill.config import Job, load_job
 from backfill.emulator import EmulatorConfig, EmulatorServer
 from backfill.errors import ConfigError, SchemaError, SchemaMismatch
-from backfill.schema import (
+from backfill.targets.memory_schema import (
     ApplyResult,
     Conflict,
     Promotion,
@@ -29,6 +28,7 @@ from backfill.schema import (
     required,
     schema,
 )
+from backfill.transport.client import Credentials, MemoryClient
 
 STORE = "mem_store_01jschema00000000000000000"
 GROUPS = "/v1/ControlPlane/Stores/" + STORE + "/TraitGroups"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -13,12 +14,15 @@ import httpx
 import polars as pl
 import pytest
 
-from backfill import send as send_module
 from backfill.checkpoint import DONE, FAILED, IN_FLIGHT, PENDING, Result, RunDB, Unit
-from backfill.client import Credentials, MemoryClient, RetryPolicy
 from backfill.config import load_job
+from backfill.deliver import loop
+from backfill.deliver.interface import Batch, Limits
+from backfill.deliver.loop import deliver
 from backfill.errors import BackfillError
-from backfill.send import deliver, send_unit
+from backfill.targets import delivery_for
+from backfill.targets.memory_patch import send_unit
+from backfill.transport.client import Credentials, MemoryClient, RetryPolicy
 
 STORE = "mem_store_01jtest0000000000000000000"
 OLD = "mem_profile_01jtest000000000000000000d"
@@ -147,6 +151,25 @@ def plan_file(tmp_path: Path, n: int) -> Path:
     return path
 
 
+class _OneByOne:
+    """A delivery around a per-unit send function, for loop tests that need no server."""
+
+    limits = Limits(units=1)
+
+    def __init__(self, send: Callable[[Any, Any, Unit], Awaitable[Result]]) -> None:
+        self._send = send
+
+    async def start(self) -> None:
+        pass
+
+    async def send(self, batch: Batch) -> list[Result]:
+        return [await self._send(None, None, unit) for unit in batch.units]
+
+
+def one_by_one(send: Callable[[Any, Any, Unit], Awaitable[Result]]) -> Callable[[Any], _OneByOne]:
+    return lambda run: _OneByOne(send)
+
+
 @pytest.mark.anyio
 async def test_never_more_than_concurrency_units_in_flight(tmp_path: Path) -> None:
     """While units are being sent, the checkpoint never shows more of them in flight than
@@ -163,7 +186,7 @@ async def test_never_more_than_concurrency_units_in_flight(tmp_path: Path) -> No
         await anyio.sleep(0.001)
         return Result(unit.seq, DONE, "updated", 202, None, None, 1, None)
 
-    await deliver(job_with(concurrency), None, db, stop=anyio.Event(), send=fake_send)  # type: ignore[arg-type]
+    await deliver(job_with(concurrency), db, one_by_one(fake_send), stop=anyio.Event())
     counts = db.counts()
     assert (counts[DONE], counts[PENDING], counts[IN_FLIGHT], counts["resent"]) == (300, 0, 0, 0)
     assert 1 <= peak <= concurrency
@@ -185,7 +208,7 @@ async def test_stopping_drains_and_leaves_nothing_in_flight(tmp_path: Path) -> N
         await anyio.sleep(0.001)
         return Result(unit.seq, DONE, "updated", 202, None, None, 1, None)
 
-    await deliver(job_with(4), None, db, stop=stop, send=fake_send)  # type: ignore[arg-type]
+    await deliver(job_with(4), db, one_by_one(fake_send), stop=stop)
     counts = db.counts()
     assert counts[IN_FLIGHT] == 0
     assert counts[DONE] == sent
@@ -199,7 +222,7 @@ async def test_units_are_read_a_page_at_a_time_and_each_sent_once(
 ) -> None:
     """With pages much smaller than the plan, every unit is still claimed and sent exactly once,
     in plan order per worker, and never more than ``concurrency`` are in flight."""
-    monkeypatch.setattr(send_module, "PAGE", 7)
+    monkeypatch.setattr(loop, "PAGE", 7)
     concurrency = 3
     db = RunDB(tmp_path / "run.sqlite")
     db.replace_units(plan_file(tmp_path, 100))
@@ -214,7 +237,7 @@ async def test_units_are_read_a_page_at_a_time_and_each_sent_once(
         await anyio.lowlevel.checkpoint()
         return Result(unit.seq, DONE, "updated", 202, None, None, 1, None)
 
-    await deliver(job_with(concurrency), None, db, stop=anyio.Event(), send=fake_send)  # type: ignore[arg-type]
+    await deliver(job_with(concurrency), db, one_by_one(fake_send), stop=anyio.Event())
     assert sorted(sent) == list(range(1, 101))
     counts = db.counts()
     assert (counts[DONE], counts[IN_FLIGHT], counts["resent"]) == (100, 0, 0)
@@ -229,7 +252,7 @@ async def test_a_checkpoint_that_cannot_be_written_stops_delivery(tmp_path: Path
     class Full(RunDB):
         calls = 0
 
-        def record(self, results: list[Result], claims: list[int]) -> None:
+        def record(self, results: list[Result], claims: list[tuple[int, int]]) -> None:
             Full.calls += 1
             if Full.calls == 3:
                 raise BackfillError("database or disk is full")
@@ -246,7 +269,7 @@ async def test_a_checkpoint_that_cannot_be_written_stops_delivery(tmp_path: Path
         return Result(unit.seq, DONE, "updated", 202, None, None, 1, None)
 
     with pytest.raises(BaseExceptionGroup) as caught:
-        await deliver(job_with(2), None, db, stop=anyio.Event(), send=fake_send)  # type: ignore[arg-type]
+        await deliver(job_with(2), db, one_by_one(fake_send), stop=anyio.Event())
     assert caught.group_contains(BackfillError, match="disk is full")
     counts = db.counts()
     assert counts[IN_FLIGHT] + counts[DONE] == sent <= 4
@@ -298,20 +321,20 @@ async def test_a_redirected_unit_keeps_the_later_row_per_trait(
     job = load_job(job_path)
     user, password = emulator.auth
     async with MemoryClient(emulator.url, Credentials(user, password), concurrency=2) as client:
-        await deliver(job, client, db, stop=anyio.Event())
+        await deliver(job, db, delivery_for(job, client), stop=anyio.Event())
         assert db.counts()[DONE] == 2
         # Both sent again over what landed (as if both were in flight at a kill -9 before
         # anything was recorded): the same end state.
         db.replace_units(tmp_path / "ordered.parquet")
-        await deliver(job, client, db, stop=anyio.Event())
+        await deliver(job, db, delivery_for(job, client), stop=anyio.Event())
         reply = await client.request("GET", f"/v1/Stores/{STORE}/Profiles/{A}")
     assert reply.body["traits"]["Loyalty"] == {"tier": "silver", "points": 5}
 
 
 def test_without_older_drops_only_traits_a_later_row_holds() -> None:
     """Per trait, the unit's value goes unless another unit holds a later (order, file, row)."""
-    from backfill.plan import unit_orders
-    from backfill.send import without_older
+    from backfill.plan.units import unit_orders
+    from backfill.targets.memory_patch import without_older
 
     job = job_with()
     names = [(t.group, t.trait) for t in job.traits]

@@ -21,9 +21,9 @@ from hypothesis import strategies as st
 
 from backfill.config import load_job
 from backfill.errors import ConfigError
-from backfill.mapping import INVALID, map_batch, present_column, value_column
 from backfill.pipeline import build_plan
-from backfill.source import PROBLEM, ROW, read_batches
+from backfill.plan.mapping import INVALID, map_batch, present_column, value_column
+from backfill.plan.source import PROBLEM, ROW, read_batches
 
 SEED = Path(__file__).parent / "data" / "emulator_seed.json"
 A = "mem_profile_01jtest000000000000000000a"

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from backfill.errors import ConfigError
-from backfill.throttle import SystemClock, TokenBucket, default_burst
+from backfill.transport.throttle import SystemClock, TokenBucket, default_burst
 
 
 @pytest.fixture

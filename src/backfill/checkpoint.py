@@ -61,9 +61,14 @@ CREATE TABLE IF NOT EXISTS units (
     sent_to TEXT,                    -- the canonical profile after a 308, or the created one
     claims INTEGER NOT NULL DEFAULT 0,  -- times claimed for sending; > 1 means re-sent
     finished_at REAL,
-    orders TEXT                      -- per trait, the winning row's sort key (plan.unit_orders)
+    orders TEXT,                     -- per trait, the winning row's sort key (plan.unit_orders)
+    batch INTEGER                    -- the batch it was last claimed in (deliver.interface.Batch)
 );
 CREATE INDEX IF NOT EXISTS units_by_state ON units (state, seq);
+CREATE TABLE IF NOT EXISTS batches (  -- what a delivery must remember about a batch it started
+    id INTEGER PRIMARY KEY,          -- Batch.id
+    state TEXT NOT NULL              -- JSON, the delivery's own (an import's ID and status)
+);
 """
 
 PENDING, IN_FLIGHT, DONE, FAILED = "pending", "in_flight", "done", "failed"
@@ -93,6 +98,7 @@ class Unit:
     body: str
     claims: int = 0  # times claimed before: > 0 means it may have been sent already
     orders: str | None = None  # plan.unit_orders' JSON
+    batch: int | None = None  # the batch it was claimed in before, until that batch finished
 
     @property
     def target(self) -> str:
@@ -220,6 +226,8 @@ class RunDB:
             columns = {row[1] for row in self._db.execute("PRAGMA table_info(units)")}
             if "orders" not in columns:  # a run file from before orders were planned
                 self._db.execute("ALTER TABLE units ADD COLUMN orders TEXT")
+            if "batch" not in columns:  # a run file from before batches
+                self._db.execute("ALTER TABLE units ADD COLUMN batch INTEGER")
         except (OSError, sqlite3.Error, StorageError) as exc:
             raise StorageError(f"cannot open the run file {path}: {exc}") from exc
 
@@ -284,6 +292,7 @@ class RunDB:
         count = 0
         with self._transaction():
             self._db.execute("DELETE FROM units")
+            self._db.execute("DELETE FROM batches")
             plan = pl.scan_parquet(plan_path)
             if "orders" not in plan.collect_schema():  # planned without (reconcile --fix)
                 plan = plan.with_columns(pl.lit(None, pl.String).alias("orders"))
@@ -308,14 +317,15 @@ class RunDB:
 
     def pending(self, after_seq: int, limit: int) -> list[Unit]:
         rows = self._db.execute(
-            "SELECT seq, key, profile_id, action, body, claims, orders FROM units "
+            "SELECT seq, key, profile_id, action, body, claims, orders, batch FROM units "
             "WHERE state = ? AND seq > ? ORDER BY seq LIMIT ?",
             (PENDING, after_seq, limit),
         ).fetchall()
         return [Unit(*row) for row in rows]
 
-    def record(self, results: list[Result], claims: list[int]) -> None:
-        """One transaction: finished units get their results, claimed ones go in flight."""
+    def record(self, results: list[Result], claims: list[tuple[int, int]]) -> None:
+        """One transaction: finished units get their results, claimed ones (seq, batch) go in
+        flight under their batch."""
         now = time.time()
         with self._transaction():
             self._db.executemany(
@@ -337,8 +347,29 @@ class RunDB:
                 ],
             )
             self._db.executemany(
-                "UPDATE units SET state = ?, claims = claims + 1 WHERE seq = ?",
-                [(IN_FLIGHT, seq) for seq in claims],
+                "UPDATE units SET state = ?, claims = claims + 1, batch = ? WHERE seq = ?",
+                [(IN_FLIGHT, batch, seq) for seq, batch in claims],
+            )
+
+    def last_batch(self) -> int:
+        """The highest batch ID used so far in this run file (0 before any)."""
+        row = self._db.execute(
+            "SELECT max(coalesce((SELECT max(batch) FROM units), 0), "
+            "coalesce((SELECT max(id) FROM batches), 0))"
+        ).fetchone()
+        return int(row[0])
+
+    def batch_state(self, batch: int) -> Any:
+        """What a delivery noted about ``batch`` (None: nothing yet)."""
+        row = self._db.execute("SELECT state FROM batches WHERE id = ?", (batch,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def note_batch(self, batch: int, state: Any) -> None:
+        """Keep ``state`` for ``batch``, durable before this returns (a kill -9 right after
+        finds it)."""
+        with self._transaction():
+            self._db.execute(
+                "INSERT OR REPLACE INTO batches VALUES (?, ?)", (batch, json.dumps(state))
             )
 
     def counts(self) -> dict[str, int]:
@@ -405,7 +436,7 @@ class RunDB:
         with self._transaction():
             cursor = self._db.execute(
                 "UPDATE units SET state = ?, outcome = NULL, status = NULL, code = NULL, "
-                "message = NULL, finished_at = NULL "
+                "message = NULL, finished_at = NULL, batch = NULL "
                 "WHERE state = ? AND outcome IN (SELECT value FROM json_each(?))",
                 (PENDING, FAILED, json.dumps(list(outcomes))),
             )

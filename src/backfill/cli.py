@@ -242,7 +242,7 @@ def _run_retry(args: argparse.Namespace) -> int:
 
 
 def _run_schema(args: argparse.Namespace) -> int:
-    from backfill.schema import schema
+    from backfill.targets.memory_schema import schema
 
     result = schema(args.job, apply=args.apply, prune=args.prune)
     print(result.text, end="" if result.text.endswith("\n") else "\n")

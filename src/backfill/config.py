@@ -16,8 +16,8 @@ from typing import Any, Literal
 
 from backfill.errors import ConfigError
 from backfill.files import EMULATOR_STATE, RUN_FILE
-from backfill.normalize import NORMALIZATIONS
-from backfill.throttle import default_burst
+from backfill.plan.normalize import NORMALIZATIONS
+from backfill.transport.throttle import default_burst
 
 STORE_ID = re.compile(r"^mem_(store|service)_[0-7][0-9a-z]{25}$")
 GROUP_NAME = re.compile(r"^[a-zA-Z0-9_\-\.]{1,64}$")

@@ -15,6 +15,8 @@ from backfill.errors import ConfigError
 # emulator's store (config refuses either as an incremental state file).
 RUN_FILE: Final = "run.sqlite"
 EMULATOR_STATE: Final = "emulator.sqlite"
+VALUES_FILE: Final = "values.parquet"
+ROWS_FILE: Final = "rows.parquet"
 
 
 def private_dir(path: Path) -> Path:

@@ -12,16 +12,17 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 import polars as pl
 from tqdm import tqdm
 
+from backfill.aio import run_async
 from backfill.checkpoint import (
     DONE,
     FAILED,
@@ -34,22 +35,17 @@ from backfill.checkpoint import (
     read_progress,
 )
 from backfill.config import Job, load_job
-from backfill.errors import ConfigError, StorageError, reported
-from backfill.files import EMULATOR_STATE, RUN_FILE, output_folder, private_dir
-from backfill.mapping import INVALID, ORDER, map_batch, present_column, value_column
-from backfill.plan import HASH_SCHEME, write_units
-from backfill.report import (
-    DeliveryProgress,
-    format_nothing_to_send,
-    format_run,
-    format_run_line,
-    format_status,
-    identifiers_text,
-    write_errors,
-    write_private,
-    write_rejects,
+from backfill.errors import ConfigError, StorageError
+from backfill.files import (
+    EMULATOR_STATE,
+    ROWS_FILE,
+    RUN_FILE,
+    VALUES_FILE,
+    output_folder,
+    private_dir,
 )
-from backfill.resolve import (
+from backfill.plan.mapping import INVALID, ORDER, map_batch, present_column, value_column
+from backfill.plan.resolve import (
     AMBIGUOUS,
     BY_LOOKUP,
     BY_MAP,
@@ -65,8 +61,8 @@ from backfill.resolve import (
     open_pairs,
     resolve_parts,
 )
-from backfill.resume import made_from, why_not
-from backfill.source import (
+from backfill.plan.resume import made_from, why_not
+from backfill.plan.source import (
     FILE,
     PROBLEM,
     ROW,
@@ -75,74 +71,32 @@ from backfill.source import (
     read_batches,
     source_files,
 )
+from backfill.plan.units import HASH_SCHEME, write_units
+from backfill.report import (
+    DeliveryProgress,
+    PlanResult,
+    PlanSummary,
+    format_nothing_to_send,
+    format_run,
+    format_run_line,
+    format_status,
+    identifiers_text,
+    write_errors,
+    write_private,
+    write_rejects,
+)
 
 if TYPE_CHECKING:
-    from backfill.client import ClientStats, MemoryClient
+    from backfill.transport.client import ClientStats, MemoryClient
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_INTERRUPTED = 0, 1, 130
 # The HTTP stack (client, send, target) is imported where it is used: ~0.2 s of imports that an
 # offline plan, whose whole budget is ~3 s per million rows, never needs.
 
 SPILL: Final = "lz4"  # temporary files between stages: speed over size
-ROWS_FILE: Final = "rows.parquet"
-VALUES_FILE: Final = "values.parquet"
 PLAN_FILES: Final = ("plan.parquet", ROWS_FILE, VALUES_FILE, "rejects.csv", "plan.json")
 DRY_RUN_DIR: Final = "plan"  # `backfill plan` writes here, never over a run's own files
 STAGING_DIR: Final = ".next-plan"  # a run's new plan, moved into place once the checkpoint has it
-
-
-T = TypeVar("T")
-
-
-def run_async(fn: Callable[[], Awaitable[T]]) -> T:
-    """anyio.run on uvloop (where it exists), with a task group's failure turned back into the
-    error that caused it. uvloop: an unthrottled run is CPU-bound on the event loop, and on
-    uvloop delivery costs about a tenth less CPU a unit (BENCHMARKS.md, "Delivery")."""
-    try:
-        return anyio.run(fn, backend_options={"use_uvloop": sys.platform != "win32"})
-    except BaseExceptionGroup as group:  # one task failing fails its whole group
-        error = reported(group)
-        if error is group:
-            raise
-        raise error from None
-
-
-@dataclass(frozen=True)
-class PlanSummary:
-    """The counts ``backfill plan`` prints and writes to plan.json."""
-
-    rows: int
-    files: int
-    invalid_rows: int
-    resolved_profile_id: int
-    resolved_identity_map: int
-    resolved_lookup: int
-    unresolved: int
-    ambiguous: int
-    conflict: int
-    to_create: int
-    profiles: int
-    requests: int
-    split_requests: int  # requests beyond one per profile, from the 50-group / 99-trait limits
-    rejects: int
-    lookups_asked: int
-    lookups_cached: int
-    lookups_failed: int
-    seconds: float
-
-    @property
-    def resolved(self) -> int:
-        return self.resolved_profile_id + self.resolved_identity_map + self.resolved_lookup
-
-
-@dataclass(frozen=True)
-class PlanResult:
-    job: Job
-    summary: PlanSummary
-    plan_path: Path
-    rejects_path: Path
-    sources: list[str] = field(default_factory=list)
-    plan_id: str = ""  # names this plan's files: a checkpoint finds its own by it
 
 
 def _bar(quiet: bool, **kwargs: Any) -> tqdm[Any]:
@@ -346,7 +300,7 @@ def _lookups(
 ) -> tuple[pl.DataFrame, LookupStats]:
     """Fresh cached answers first (none with ``refresh``); the network (and credentials) only
     for what is left."""
-    from backfill.target import open_target
+    from backfill.transport.connection import open_target
 
     with RunDB(out / RUN_FILE) as db:
         known, todo = cached_candidates(job, pairs, db, now=clock(), refresh=refresh)
@@ -509,7 +463,7 @@ def retry(job_path: Path | str, *, not_found: bool = False, quiet: bool = False)
     """``backfill retry``: send again the units of the last run that ended ``failed`` (and,
     with ``not_found``, ``profile_not_found``), e.g. after a schema fix. Nothing is re-planned:
     the checkpoint holds the bodies. Units the last run left unsent are finished too."""
-    from backfill.send import FAILED_OUTCOME, PROFILE_NOT_FOUND
+    from backfill.targets.memory_patch import FAILED_OUTCOME, PROFILE_NOT_FOUND
 
     job = load_job(job_path)
     out = job.output_dir
@@ -628,10 +582,11 @@ def _deliver_and_report(
     landed into the job's incremental state (not for partial bodies such as reconcile's).
     ``fresh``: a new plan, whose report is written even when it sends nothing; otherwise a
     resume or retry with nothing left to send leaves the last report as it is."""
-    from backfill.client import ClientStats
-    from backfill.schema import check
-    from backfill.send import deliver
-    from backfill.target import open_target
+    from backfill.deliver.loop import deliver
+    from backfill.targets import delivery_for
+    from backfill.targets.memory_schema import check
+    from backfill.transport.client import ClientStats
+    from backfill.transport.connection import open_target
 
     before = db.counts()
     todo = before[PENDING]
@@ -660,7 +615,8 @@ def _deliver_and_report(
 
             if threading.current_thread() is threading.main_thread():
                 tg.start_soon(on_signal)
-            await deliver(job, client, db, stop=stop, on_result=progress.update)
+            make = delivery_for(job, client)
+            await deliver(job, db, make, stop=stop, on_result=progress.update)
             tg.cancel_scope.cancel()
 
     async def main() -> tuple[ClientStats, float]:

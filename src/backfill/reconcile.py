@@ -31,7 +31,19 @@ from typing import Any, Final
 import polars as pl
 
 from backfill.checkpoint import RunDB, RunLock
-from backfill.compare import (
+from backfill.config import Job, load_job
+from backfill.errors import ConfigError
+from backfill.files import ROWS_FILE, RUN_FILE, output_folder, private_dir, private_file
+from backfill.pipeline import (
+    EXIT_INTERRUPTED,
+    build_plan,
+    deliver_planned,
+)
+from backfill.plan.resolve import NEW, TARGET
+from backfill.plan.source import FILE, ROW, source_files
+from backfill.plan.units import HASH_SCHEME, encode_trait, units_from_fragments
+from backfill.report import NOT_RESOLVED, REJECT_COLUMNS, PlanResult, write_private
+from backfill.verify.compare import (
     DIFFERS,
     FETCH_FAILED,
     MATCHES,
@@ -45,20 +57,6 @@ from backfill.compare import (
     same_value,
     write_expected,
 )
-from backfill.config import Job, load_job
-from backfill.errors import ConfigError
-from backfill.files import RUN_FILE, output_folder, private_dir, private_file
-from backfill.pipeline import (
-    EXIT_INTERRUPTED,
-    ROWS_FILE,
-    PlanResult,
-    build_plan,
-    deliver_planned,
-)
-from backfill.plan import HASH_SCHEME, encode_trait, units_from_fragments
-from backfill.report import NOT_RESOLVED, REJECT_COLUMNS, write_private
-from backfill.resolve import NEW, TARGET
-from backfill.source import FILE, ROW, source_files
 
 __all__ = ["ReconcileResult", "expected_frame", "format_reconcile", "reconcile", "same_value"]
 

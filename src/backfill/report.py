@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 import polars as pl
 from tqdm import tqdm
@@ -20,12 +20,47 @@ from tqdm import tqdm
 from backfill.checkpoint import FAILED, Result
 from backfill.config import Job
 from backfill.files import private_file
-from backfill.mapping import INVALID, PID, identifier_column
-from backfill.resolve import ACTION, AMBIGUOUS, CONFLICT, OUTCOME, REASON, TARGET, UNRESOLVED
-from backfill.source import FILE, ROW, SourceFile
+from backfill.plan.mapping import INVALID, PID, identifier_column
+from backfill.plan.resolve import ACTION, AMBIGUOUS, CONFLICT, OUTCOME, REASON, TARGET, UNRESOLVED
+from backfill.plan.source import FILE, ROW, SourceFile
 
-if TYPE_CHECKING:
-    from backfill.pipeline import PlanResult
+
+@dataclass(frozen=True)
+class PlanSummary:
+    """The counts ``backfill plan`` prints and writes to plan.json."""
+
+    rows: int
+    files: int
+    invalid_rows: int
+    resolved_profile_id: int
+    resolved_identity_map: int
+    resolved_lookup: int
+    unresolved: int
+    ambiguous: int
+    conflict: int
+    to_create: int
+    profiles: int
+    requests: int
+    split_requests: int  # requests beyond one per profile, from the 50-group / 99-trait limits
+    rejects: int
+    lookups_asked: int
+    lookups_cached: int
+    lookups_failed: int
+    seconds: float
+
+    @property
+    def resolved(self) -> int:
+        return self.resolved_profile_id + self.resolved_identity_map + self.resolved_lookup
+
+
+@dataclass(frozen=True)
+class PlanResult:
+    job: Job
+    summary: PlanSummary
+    plan_path: Path
+    rejects_path: Path
+    sources: list[str] = field(default_factory=list)
+    plan_id: str = ""  # names this plan's files: a checkpoint finds its own by it
 
 
 def identifiers_text(job: Job) -> pl.Expr:

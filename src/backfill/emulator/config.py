@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from backfill.errors import ConfigError
-from backfill.throttle import default_burst
+from backfill.transport.throttle import default_burst
 
 DEFAULT_ACCOUNT_SID = "AC00000000000000000000000000000000"
 DEFAULT_AUTH_SECRET = "emulator"  # noqa: S105 - the documented, public credential of the local emulator

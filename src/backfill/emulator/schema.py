@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from backfill.emulator.apierror import bad_request
-from backfill.normalize import NORMALIZATIONS
+from backfill.plan.normalize import NORMALIZATIONS
 
 TRAIT_NAME = re.compile(r"^[a-z][a-zA-Z0-9_\-\.]*$")
 GROUP_NAME = re.compile(r"^[a-zA-Z0-9_\-\.]+$")

@@ -21,7 +21,7 @@ from backfill.emulator.apierror import ApiError, bad_request, not_found
 from backfill.emulator.ids import PROFILE_ID, STORE_ID, IdMinter
 from backfill.emulator.schema import IdentifierConfig, TraitDef
 from backfill.errors import InvalidIdentifierError
-from backfill.normalize import normalize
+from backfill.plan.normalize import normalize
 
 if TYPE_CHECKING:
     from backfill.emulator.imports import ImportJob

@@ -23,8 +23,8 @@ import polars as pl
 
 from backfill.config import Identifier, Job, TraitMapping
 from backfill.errors import InvalidIdentifierError
-from backfill.normalize import SPACE_CHARS, normalize, phone_countries, reads_national_as_nanp
-from backfill.source import FILE, PROBLEM, ROW, unread
+from backfill.plan.normalize import SPACE_CHARS, normalize, phone_countries, reads_national_as_nanp
+from backfill.plan.source import FILE, PROBLEM, ROW, unread
 
 if TYPE_CHECKING:
     from polars._typing import PolarsDataType

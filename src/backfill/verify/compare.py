@@ -26,19 +26,19 @@ import polars as pl
 from anyio.abc import ObjectReceiveStream
 from tqdm import tqdm
 
+from backfill.aio import run_async
 from backfill.config import DataType, Job
 from backfill.errors import InvalidIdentifierError
-from backfill.files import private_dir, private_file
-from backfill.mapping import ORDER, present_column, value_column
-from backfill.normalize import normalize
-from backfill.pipeline import VALUES_FILE, run_async
-from backfill.plan import BUCKET_ROWS
-from backfill.resolve import NEW, TARGET
-from backfill.send import PROFILE_ID, profile_path
-from backfill.source import FILE, ROW
+from backfill.files import VALUES_FILE, private_dir, private_file
+from backfill.plan.mapping import ORDER, present_column, value_column
+from backfill.plan.normalize import normalize
+from backfill.plan.resolve import NEW, TARGET
+from backfill.plan.source import FILE, ROW
+from backfill.plan.units import BUCKET_ROWS
+from backfill.targets.memory_patch import PROFILE_ID, profile_path
 
 if TYPE_CHECKING:
-    from backfill.client import ClientStats, MemoryClient
+    from backfill.transport.client import ClientStats, MemoryClient
 
 # Trait outcomes (``kind`` in reconcile.csv) and profile outcomes (profiles.csv).
 MATCHES: Final = "matches"
@@ -434,7 +434,7 @@ def check_all(
     fetch again the profiles that did not match, each at least ``settle`` seconds after it was
     seen, and keep only what persists. ``names`` maps a file index to its path; the passes
     write under ``rec``; ``profiles`` is the number to check (for the progress bar)."""
-    from backfill.target import open_target
+    from backfill.transport.connection import open_target
 
     traits = _traits(job)
 

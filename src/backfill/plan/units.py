@@ -21,9 +21,9 @@ from typing import Any, Final
 import polars as pl
 
 from backfill.config import Job
-from backfill.mapping import ORDER, present_column, value_column
-from backfill.resolve import NEW, TARGET
-from backfill.source import FILE, ROW
+from backfill.plan.mapping import ORDER, present_column, value_column
+from backfill.plan.resolve import NEW, TARGET
+from backfill.plan.source import FILE, ROW
 
 MAX_GROUPS_PER_REQUEST = 50  # Memory API: TraitGroups maxProperties
 MAX_TRAITS_PER_GROUP = 99  # Memory API: traits of one group maxProperties

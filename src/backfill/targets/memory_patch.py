@@ -1,9 +1,8 @@
 """Delivering the plan: ``send.concurrency`` workers over one client, outcomes checkpointed.
 
-``deliver(job, client, db, ...)`` is the stage's one entry. Each worker claims a unit, sends it,
-and claims its next unit in the same group commit that records the result, so the checkpoint
-always knows which units may be in flight (see ``checkpoint``). Per response, following the
-Studio widget's transitions (profileUpdated, profileNotFound, failed):
+``MemoryPatch`` is the delivery (``deliver.interface``) the send loop drives: one request per
+unit, to the profile the plan resolved. Per response, following the Studio widget's transitions
+(profileUpdated, profileNotFound, failed):
 
 - 2xx: ``updated`` (``created`` for a new profile, whose ID is kept);
 - 308: the profile was merged; the same PATCH goes once to the ``Canonical-Profile-Id``
@@ -17,8 +16,9 @@ Studio widget's transitions (profileUpdated, profileNotFound, failed):
 
 Stopping (``stop`` set, e.g. by Ctrl-C) drains: no new unit is claimed, in-flight ones finish.
 
-One request is in flight per profile (``_Locks``, taken in plan order, before the claim; a 308's
-re-send also takes the canonical profile's), so the comparison above sees every unit that landed.
+One request is in flight per profile (the loop's ``Locks``, taken in plan order, before the claim;
+a 308's re-send also takes the canonical profile's), so the comparison above sees every unit that
+landed.
 
 Creates happen once. The client never re-sends a POST whose outcome is unknown (no answer, a
 500), and a create unit claimed before (a killed run) may have landed: either way Lookup is
@@ -29,182 +29,25 @@ same person PATCH the profile the first one made.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
-import queue
 import re
-import threading
-from collections import deque
-from collections.abc import Awaitable, Callable
 from dataclasses import replace
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import quote
 
-import anyio
-
-from backfill.checkpoint import DONE, FAILED, Result, RunDB, Unit
-from backfill.client import MemoryClient, Reply, encode_json
+from backfill.checkpoint import DONE, FAILED, Result, Unit
 from backfill.config import Job
-from backfill.mapping import PROFILE_ID_PATTERN
-from backfill.plan import OrderKey, unit_orders
-from backfill.resolve import NEW
+from backfill.deliver.interface import Batch, Checkpoint, Limits, Locks, Run
+from backfill.plan.mapping import PROFILE_ID_PATTERN
+from backfill.plan.resolve import NEW
+from backfill.plan.units import OrderKey, unit_orders
+from backfill.transport.client import MemoryClient, Reply, encode_json
 
 UPDATED = "updated"
 CREATED = "created"
 PROFILE_NOT_FOUND = "profile_not_found"
 FAILED_OUTCOME = "failed"
 PROFILE_ID = re.compile(PROFILE_ID_PATTERN)  # the one pattern the plan checks IDs by
-PAGE = 1_000
-
-T = TypeVar("T")
-
-
-def _settle(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
-    if not future.done():  # its waiter may be gone (the loop shutting down)
-        if ok:
-            future.set_result(value)
-        else:
-            future.set_exception(value)
-
-
-class _DB:
-    """The run file from async code: one thread of its own runs every call in turn (a connection
-    is not thread-safe), off the event loop, and never stops half-way through a commit.
-
-    A plain thread and queue rather than ``anyio.to_thread``: a round trip costs ~20 us of CPU
-    instead of ~75 us on uvloop (BENCHMARKS.md, "Delivery"), and an unthrottled run makes about
-    one a unit.
-    """
-
-    def __init__(self, db: RunDB) -> None:
-        self.db = db
-        self._jobs: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
-
-    async def call(self, fn: Callable[..., T], *args: Any) -> T:
-        loop = asyncio.get_running_loop()
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._serve, name="backfill-checkpoint")
-            self._thread.daemon = True  # a crashed loop must not hang the exit
-            self._thread.start()
-        future: asyncio.Future[T] = loop.create_future()
-        self._jobs.put((loop, future, fn, args))
-        with anyio.CancelScope(shield=True):  # the caller learns how the call ended
-            result = await future
-        return result
-
-    def _serve(self) -> None:
-        while (job := self._jobs.get()) is not None:
-            loop, future, fn, args = job
-            try:
-                ok, value = True, fn(*args)
-            except BaseException as exc:  # handed to the caller, raised there
-                ok, value = False, exc
-            with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
-                loop.call_soon_threadsafe(_settle, future, ok, value)
-
-    def close(self) -> None:
-        """Stop the thread once the calls queued so far have run."""
-        thread, self._thread = self._thread, None
-        if thread is not None:
-            self._jobs.put(None)
-            thread.join()
-
-
-class _GroupCommit:
-    """Workers hand in (previous result, next claim) and wait until the batch holding them is
-    durable; one transaction, and one event, serve every worker that arrived meanwhile."""
-
-    def __init__(self, db: _DB) -> None:
-        self._db = db
-        self._results: list[Result] = []
-        self._claims: list[int] = []
-        self._durable = anyio.Event()  # set once the batch now gathering is committed
-        self._wake = anyio.Event()
-        self._closed = False
-
-    async def commit(self, result: Result | None, claim: int | None) -> None:
-        if result is None and claim is None:
-            return
-        if result is not None:
-            self._results.append(result)
-        if claim is not None:
-            self._claims.append(claim)
-        durable = self._durable
-        self._wake.set()
-        await durable.wait()
-
-    def close(self) -> None:
-        self._closed = True
-        self._wake.set()
-
-    async def run(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake = anyio.Event()
-            if not (self._results or self._claims):
-                if self._closed:
-                    return
-                continue
-            results, self._results = self._results, []
-            claims, self._claims = self._claims, []
-            durable, self._durable = self._durable, anyio.Event()
-            await self._db.call(self._db.db.record, results, claims)
-            durable.set()
-
-
-class _Feed:
-    """The pending units in plan order, read a page at a time when the last one is taken."""
-
-    def __init__(self, db: _DB) -> None:
-        self._db = db
-        self._units: deque[Unit] = deque()
-        self._after = 0
-        self._exhausted = False
-        self._reading = anyio.Lock(fast_acquire=True)
-
-    async def next(self) -> Unit | None:
-        if not self._units and not self._exhausted:
-            async with self._reading:
-                if not self._units and not self._exhausted:  # nobody read it meanwhile
-                    page = await self._db.call(self._db.db.pending, self._after, PAGE)
-                    self._units.extend(page)
-                    self._exhausted = not page
-                    if page:
-                        self._after = page[-1].seq
-        return self._units.popleft() if self._units else None
-
-
-class _Locks:
-    """One holder per key (a profile ID or a ``new:`` target), waiters served first come first
-    served. Uncontended, taking and giving back a key is two dict operations: no lock object."""
-
-    def __init__(self) -> None:
-        self._waiting: dict[str, deque[anyio.Event]] = {}  # present while the key is held
-
-    async def acquire(self, key: str) -> None:
-        queue = self._waiting.get(key)
-        if queue is None:
-            self._waiting[key] = deque()
-            return
-        event = anyio.Event()
-        queue.append(event)
-        try:
-            await event.wait()
-        except BaseException:
-            if event.is_set():  # handed over as we were cancelled: hand it on
-                self.release(key)
-            else:
-                queue.remove(event)
-            raise
-
-    def release(self, key: str) -> None:
-        queue = self._waiting[key]
-        if queue:
-            queue.popleft().set()  # the key passes to the first waiter, still held
-        else:
-            del self._waiting[key]
 
 
 Keys = dict[int, OrderKey]
@@ -216,8 +59,8 @@ class Known:
     units a 308 sent there that landed. Loaded from the checkpoint, so a resume decides the same.
     """
 
-    def __init__(self, db: _DB | None = None) -> None:
-        self.locks = _Locks()
+    def __init__(self, db: Checkpoint | None = None, locks: Locks | None = None) -> None:
+        self.locks = locks if locks is not None else Locks()
         self.created: dict[str, str] = {}
         self.landed: dict[str, list[Keys]] = {}
         self.db = db
@@ -376,53 +219,19 @@ async def send_unit(
     return await _patch(job, client, unit, unit.profile_id, known)
 
 
-async def deliver(
-    job: Job,
-    client: MemoryClient,
-    db: RunDB,
-    *,
-    stop: anyio.Event,
-    on_result: Callable[[Result], None] | None = None,
-    send: Callable[[Job, MemoryClient, Unit], Awaitable[Result]] | None = None,
-) -> None:
-    """Send every pending unit; return when all are finished, or drained after ``stop``."""
-    store = _DB(db)
-    committer = _GroupCommit(store)
-    feed = _Feed(store)
-    known = Known(store)
-    locks = known.locks
+class MemoryPatch:
+    """``[send] mode = "patch"``: one PATCH (or create) per unit, to a profile resolved while
+    planning; per-unit outcomes straight from the answers."""
 
-    async def send_known(job: Job, client: MemoryClient, unit: Unit) -> Result:
-        return await send_unit(job, client, unit, known)
+    limits = Limits(units=1)
 
-    sender = send if send is not None else send_known
+    def __init__(self, job: Job, client: MemoryClient, run: Run) -> None:
+        self.job = job
+        self.client = client
+        self.known = Known(run.checkpoint, run.locks)
 
-    async def worker() -> None:
-        previous: Result | None = None
-        while not stop.is_set():
-            unit = await feed.next()
-            if unit is None:
-                break
-            # Taken before any await after the feed handed the unit out: waiters queue in plan
-            # order, so a person's first chunk (the create) goes before the others.
-            target = unit.target
-            await locks.acquire(target)
-            try:
-                await committer.commit(previous, unit.seq)
-                previous = await sender(job, client, unit)
-            finally:
-                locks.release(target)
-            if on_result is not None:
-                on_result(previous)
-        await committer.commit(previous, None)
+    async def start(self) -> None:
+        await self.known.load()
 
-    try:
-        await known.load()
-        async with anyio.create_task_group() as outer:
-            outer.start_soon(committer.run)
-            async with anyio.create_task_group() as workers:
-                for _ in range(job.send.concurrency):
-                    workers.start_soon(worker)
-            committer.close()
-    finally:
-        store.close()
+    async def send(self, batch: Batch) -> list[Result]:
+        return [await send_unit(self.job, self.client, unit, self.known) for unit in batch.units]

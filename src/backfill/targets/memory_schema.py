@@ -22,10 +22,10 @@ import anyio
 
 from backfill.config import Job, load_job
 from backfill.errors import ConfigError, SchemaError, SchemaMismatch, reported
-from backfill.throttle import Clock, SystemClock
+from backfill.transport.throttle import Clock, SystemClock
 
 if TYPE_CHECKING:
-    from backfill.client import MemoryClient, Reply
+    from backfill.transport.client import MemoryClient, Reply
 
 TraitDefinition = dict[str, Any]  # the API's TraitDefinition JSON: {"dataType": ..., ...}
 Action = Literal["create", "add", "delete"]
@@ -340,7 +340,7 @@ async def wait_operation(
 def _poll_delay(retry_after: str | None, polls: int) -> float:
     """Retry-After when the server gives whole seconds; else nothing before the first poll and
     a doubling backoff between later ones."""
-    from backfill.client import parse_retry_after
+    from backfill.transport.client import parse_retry_after
 
     seconds = parse_retry_after(retry_after)
     if seconds:
@@ -532,10 +532,10 @@ class SchemaResult:
 
 def schema(job_path: Path | str, *, apply: bool = False, prune: bool = False) -> SchemaResult:
     """``backfill schema JOB [--apply [--prune]]``: the diff, and with ``apply`` the fix."""
+    from backfill.aio import run_async
     from backfill.checkpoint import RunLock
     from backfill.files import output_folder
-    from backfill.pipeline import run_async  # imported here: pipeline will import this module
-    from backfill.target import open_target
+    from backfill.transport.connection import open_target
 
     if prune and not apply:
         raise ConfigError("--prune deletes traits, so it only goes with --apply")

@@ -6,10 +6,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from backfill.client import Credentials, MemoryClient, RetryPolicy
 from backfill.config import Job
 from backfill.files import EMULATOR_STATE
-from backfill.throttle import AdaptiveRate, TokenBucket
+from backfill.transport.client import Credentials, MemoryClient, RetryPolicy
+from backfill.transport.throttle import AdaptiveRate, TokenBucket
 
 
 @dataclass(frozen=True)

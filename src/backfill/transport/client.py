@@ -37,7 +37,7 @@ import httpx
 
 from backfill import __version__
 from backfill.errors import AuthError, BackfillError, ConfigError, CredentialsMissing
-from backfill.throttle import AdaptiveRate, Clock, SystemClock, TokenBucket
+from backfill.transport.throttle import AdaptiveRate, Clock, SystemClock, TokenBucket
 
 DEFAULT_BASE_URL = "https://memory.twilio.com"
 USER_AGENT = f"backfill/{__version__}"

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from backfill.config import Job
-from backfill.source import SourceFile
+from backfill.plan.source import SourceFile
 
 # Job keys that cannot change what a resumed run sends: it sends the checkpoint's bodies.
 HARMLESS = frozenset({"send", "source.batch_rows", "identity.lookup_ttl"})

@@ -28,10 +28,10 @@ import polars as pl
 from backfill.checkpoint import RunDB
 from backfill.config import Job
 from backfill.errors import ConfigError
-from backfill.mapping import PID, PROFILE_ID_PATTERN, identifier_column, normalize_column
+from backfill.plan.mapping import PID, PROFILE_ID_PATTERN, identifier_column, normalize_column
 
 if TYPE_CHECKING:
-    from backfill.client import MemoryClient, Reply
+    from backfill.transport.client import MemoryClient, Reply
 
 TARGET = "__target"
 OUTCOME = "__outcome"
