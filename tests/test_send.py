@@ -165,6 +165,9 @@ class _OneByOne:
     async def send(self, batch: Batch) -> list[Result]:
         return [await self._send(None, None, unit) for unit in batch.units]
 
+    def summary(self) -> dict[str, Any]:
+        return {}
+
 
 def one_by_one(send: Callable[[Any, Any, Unit], Awaitable[Result]]) -> Callable[[Any], _OneByOne]:
     return lambda run: _OneByOne(send)

@@ -73,7 +73,9 @@ CREATE TABLE IF NOT EXISTS batches (  -- what a delivery must remember about a b
 
 PENDING, IN_FLIGHT, DONE, FAILED = "pending", "in_flight", "done", "failed"
 SKIPPED_UNCHANGED = "skipped_unchanged"  # outcome of a unit an incremental run did not send
-LANDED = ("updated", "created")  # outcomes after which Memory holds the unit's body
+# Outcomes after which Memory holds (or has accepted) the unit's body; bulk's "upserted"
+# is proven by the read-back that follows it (``verify``).
+LANDED = ("updated", "created", "upserted")
 
 # The incremental state (``[incremental] state``): one row per unit that landed, by store, with
 # the hash scheme its hashes were made under. It outlives runs; a run attaches it as ``inc``.

@@ -12,7 +12,7 @@ import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from backfill.errors import ConfigError
 from backfill.files import EMULATOR_STATE, RUN_FILE
@@ -94,6 +94,13 @@ class TraitMapping:
     nulls: Nulls = "skip"  # what a blank cell means: leave the trait alone, or delete it
 
 
+MODES: Final = ("patch", "bulk", "import")
+Mode = Literal["patch", "bulk", "import"]
+VERIFY: Final = ("sample", "all", "none")
+Verify = Literal["sample", "all", "none"]
+MAX_IMPORT_COLUMNS: Final = 100  # Memory API: columnMappings of one import, 2..100
+
+
 @dataclass(frozen=True)
 class Send:
     concurrency: int = 16
@@ -102,6 +109,13 @@ class Send:
     max_attempts: int = 6
     adaptive: bool = True
     timeout: float = 30.0
+    mode: Mode = "patch"
+    verify: Verify = "sample"
+
+    @property
+    def store_resolves(self) -> bool:
+        """Bulk and import send identifiers and let the store find (or make) the profile."""
+        return self.mode != "patch"
 
     @property
     def effective_burst(self) -> int:
@@ -238,7 +252,9 @@ def load_job(path: Path | str) -> Job:
         raise top.error(
             "identity", "set profile_id_column or at least one [[identity.identifiers]]"
         )
-    if identity.on_unresolved == "create":
+    if send.store_resolves:
+        _check_store_resolves(top, raw, identity, traits, send.mode)
+    elif identity.on_unresolved == "create":
         written = {t.column for t in traits}
         for identifier in identity.identifiers:
             if identifier.column not in written:
@@ -254,6 +270,66 @@ def load_job(path: Path | str) -> Job:
                     f'"{identifier.column}"',
                 )
     return Job(path, name, connection, source, identity, traits, send, out_dir, incremental)
+
+
+def _check_store_resolves(
+    top: _Reader,
+    raw: dict[str, Any],
+    identity: Identity,
+    traits: tuple[TraitMapping, ...],
+    mode: str,
+) -> None:
+    """What bulk and import need: the store resolves identity from promoted traits in the
+    body, so every row must carry its identifiers as traits; nothing can address a profile ID;
+    and nothing documents a delete through them (Memory's facts give ``null`` removes a trait
+    under Patch semantics only; Create/bulk semantics say merge)."""
+    where = f'send.mode = "{mode}"'
+    if identity.profile_id_column is not None:
+        raise top.error(
+            "identity.profile_id_column",
+            f"{where} cannot address profile IDs: the store finds each profile by its "
+            'identifiers; use mode = "patch"',
+        )
+    if identity.identity_map is not None:
+        raise top.error("identity.identity_map", f"{where} resolves identity in the store, not "
+                        'through a map of profile IDs; use mode = "patch"')  # fmt: skip
+    table = raw.get("identity", {}) if isinstance(raw.get("identity"), dict) else {}
+    if table.get("on_unresolved") == "report":
+        raise top.error(
+            "identity.on_unresolved",
+            f"{where}: the store creates every person it cannot match; remove the key, or use "
+            'mode = "patch" to report them',
+        )
+    if table.get("on_ambiguous") == "report":
+        raise top.error("identity.on_ambiguous", f"{where}: the store merges the profiles an "
+                        'identifier matches; remove the key, or use mode = "patch"')  # fmt: skip
+    written = {t.column for t in traits}
+    for identifier in identity.identifiers:
+        if identifier.column not in written:
+            raise top.error(
+                "send.mode",
+                f"{where} needs every identifier written as a trait the store promotes: map "
+                f"column {identifier.column!r} (id_type {identifier.id_type}), e.g. "
+                f'[traits.Contact] {_camel(identifier.id_type)} = "{identifier.column}"',
+            )
+    source = raw.get("source", {}) if isinstance(raw.get("source"), dict) else {}
+    if source.get("nulls") == "delete":
+        raise top.error("source.nulls", '"delete" needs mode = "patch": the Memory API documents '
+                        "removing a trait by null only for PATCH; bulk and import merge what "
+                        "they are sent")  # fmt: skip
+    for mapping in traits:
+        if mapping.nulls == "delete":
+            raise top.error(
+                f"traits.{mapping.group}.{mapping.trait}",
+                'nulls = "delete" needs mode = "patch": the Memory API documents removing a '
+                "trait by null only for PATCH; bulk and import merge what they are sent",
+            )
+    if mode == "import" and not 2 <= len(traits) <= MAX_IMPORT_COLUMNS:
+        raise top.error(
+            "traits",
+            f"{where} writes one CSV column per trait, and an import takes 2 to "
+            f"{MAX_IMPORT_COLUMNS} columns; this job maps {len(traits)}",
+        )
 
 
 def _camel(name: str) -> str:
@@ -426,7 +502,7 @@ def _incremental(r: _Reader, out_dir: Path) -> Incremental:
 
 
 def _send(r: _Reader) -> Send:
-    r.only("concurrency", "rate", "burst", "max_attempts", "adaptive", "timeout")
+    r.only("concurrency", "rate", "burst", "max_attempts", "adaptive", "timeout", "mode", "verify")
     burst = r.table.get("burst")
     if burst is not None:
         burst = int(r.number("burst", 1, lo=1, integer=True))
@@ -437,4 +513,6 @@ def _send(r: _Reader) -> Send:
         max_attempts=int(r.number("max_attempts", 6, lo=1, integer=True)),
         adaptive=r.boolean("adaptive", True),
         timeout=float(r.number("timeout", 30.0, lo=0.1)),
+        mode=r.choice("mode", MODES, "patch"),  # type: ignore[arg-type]
+        verify=r.choice("verify", VERIFY, "sample"),  # type: ignore[arg-type]
     )

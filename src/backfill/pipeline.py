@@ -27,6 +27,7 @@ from backfill.checkpoint import (
     DONE,
     FAILED,
     IN_FLIGHT,
+    LANDED,
     PENDING,
     SKIPPED_UNCHANGED,
     RunDB,
@@ -50,15 +51,18 @@ from backfill.plan.resolve import (
     BY_LOOKUP,
     BY_MAP,
     BY_PROFILE_ID,
+    BY_STORE,
     CONFLICT,
     OUTCOME,
     TARGET,
     UNRESOLVED,
+    UPSERT,
     LookupStats,
     cached_candidates,
     identity_map_candidates,
     lookup_candidates,
     open_pairs,
+    resolve_in_store,
     resolve_parts,
 )
 from backfill.plan.resume import made_from, why_not
@@ -152,13 +156,16 @@ def build_plan(
             _empty_mapped(job).write_parquet(spill / "mapped-000000.parquet")
         mapped = pl.scan_parquet(spill / "mapped-*.parquet")
         stats = LookupStats()
-        looked_up = job.identity.lookup and not offline
-        if looked_up:  # the open pairs cost a pass over every row: only for Lookup
+        looked_up = job.identity.lookup and not offline and not job.send.store_resolves
+        if job.send.store_resolves:  # bulk, import: the store resolves what each body carries
+            parts = [resolve_in_store(job, mapped)]
+        elif looked_up:  # the open pairs cost a pass over every row: only for Lookup
             pairs = open_pairs(job, mapped, candidates)
             if pairs.height:
                 found, stats = _lookups(job, pairs, out, quiet, refresh_lookups, clock)
                 candidates = pl.concat([candidates, found])
-        parts = resolve_parts(job, mapped, candidates, looked_up=looked_up)
+        if not job.send.store_resolves:
+            parts = resolve_parts(job, mapped, candidates, looked_up=looked_up)
         resolved = pl.concat(parts, how="vertical")
         if not candidates.is_empty():
             # With candidates, resolving joins; do it once for the four readers below, every
@@ -344,7 +351,7 @@ def _summary(
         units.select(
             pl.len(),
             pl.col("key").str.replace(r"#\d+$", "").n_unique(),
-            (pl.col("action") == "create").sum(),
+            pl.col("action").is_in(["create", UPSERT]).sum(),
         )
         .collect()
         .row(0)
@@ -356,6 +363,7 @@ def _summary(
         resolved_profile_id=counts.get(BY_PROFILE_ID, 0),
         resolved_identity_map=counts.get(BY_MAP, 0),
         resolved_lookup=counts.get(BY_LOOKUP, 0),
+        resolved_by_store=counts.get(BY_STORE, 0),
         unresolved=counts.get(UNRESOLVED, 0),
         ambiguous=counts.get(AMBIGUOUS, 0),
         conflict=counts.get(CONFLICT, 0),
@@ -368,6 +376,7 @@ def _summary(
         lookups_cached=stats.cached,
         lookups_failed=stats.failed,
         seconds=round(time.monotonic() - started, 3),
+        mode=job.send.mode,
     )
 
 
@@ -597,6 +606,7 @@ def _deliver_and_report(
     started = time.monotonic()
     progress = DeliveryProgress(todo, quiet)
     interrupted = False
+    said: dict[str, Any] = {"mode": job.send.mode}  # the delivery's own summary
 
     async def send_all(client: MemoryClient) -> None:
         nonlocal interrupted
@@ -616,7 +626,7 @@ def _deliver_and_report(
             if threading.current_thread() is threading.main_thread():
                 tg.start_soon(on_signal)
             make = delivery_for(job, client)
-            await deliver(job, db, make, stop=stop, on_result=progress.update)
+            said.update(await deliver(job, db, make, stop=stop, on_result=progress.update))
             tg.cancel_scope.cancel()
 
     async def main() -> tuple[ClientStats, float]:
@@ -641,8 +651,7 @@ def _deliver_and_report(
     seconds = time.monotonic() - started
     after = db.counts()
     delivered = (after[DONE] + after[FAILED]) - (before[DONE] + before[FAILED])
-    accepted = after.get("outcome:updated", 0) + after.get("outcome:created", 0)
-    accepted -= before.get("outcome:updated", 0) + before.get("outcome:created", 0)
+    accepted = sum(after.get(f"outcome:{o}", 0) - before.get(f"outcome:{o}", 0) for o in LANDED)
     sessions = [*(db.meta("sessions") or []), _session(stats, seconds, delivered, accepted)]
     db.set_meta(sessions=sessions)
     plan_meta = db.meta("plan") or {}
@@ -666,6 +675,7 @@ def _deliver_and_report(
     whole = _totals(sessions)
     summary: dict[str, Any] = {
         "job": str(job.path),
+        "mode": job.send.mode,
         "exit_code": exit_code,
         "seconds": round(whole["seconds"], 3),
         "rows": rows.as_dict(),
@@ -674,6 +684,7 @@ def _deliver_and_report(
             "sent_this_run": delivered,
             "updated": after.get("outcome:updated", 0),
             "created": after.get("outcome:created", 0),
+            "upserted": after.get("outcome:upserted", 0),
             "profile_not_found": after.get("outcome:profile_not_found", 0),
             "failed": after.get("outcome:failed", 0),
             "skipped_unchanged": after.get(f"outcome:{SKIPPED_UNCHANGED}", 0),
@@ -692,6 +703,7 @@ def _deliver_and_report(
             "final": round(final_rate, 3),
             "achieved": round(whole["accepted"] / whole["seconds"], 3) if whole["seconds"] else 0.0,
         },
+        "delivery": said,
         "remaps": db.remaps(),
         "resumed": resumed,
         "sessions": len(sessions),

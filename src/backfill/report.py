@@ -47,10 +47,17 @@ class PlanSummary:
     lookups_cached: int
     lookups_failed: int
     seconds: float
+    resolved_by_store: int = 0  # bulk, import: rows whose identifiers the store resolves
+    mode: str = "patch"
 
     @property
     def resolved(self) -> int:
-        return self.resolved_profile_id + self.resolved_identity_map + self.resolved_lookup
+        return (
+            self.resolved_profile_id
+            + self.resolved_identity_map
+            + self.resolved_lookup
+            + self.resolved_by_store
+        )
 
 
 @dataclass(frozen=True)
@@ -111,10 +118,23 @@ def format_plan(result: PlanResult) -> str:
     lookups = f"{n(s.lookups_asked)} asked, {n(s.lookups_cached)} cached"
     if s.lookups_failed:
         lookups += f", {n(s.lookups_failed)} failed"
-    out = [
+    head = [
         f"Plan for {result.job.name} ({result.job.path}), {s.seconds:.1f} s",
         line("rows read", s.rows, f"from {s.files} file{'s' if s.files != 1 else ''}"),
         line("invalid rows", s.invalid_rows, "see rejects.csv: a bad cell's row goes on"),
+    ]
+    tail = f"Wrote {result.plan_path} and {result.rejects_path} ({n(s.rejects)} lines)."
+    if s.mode != "patch":  # the store resolves: no lookups, no profile IDs known yet
+        return "\n".join([
+            *head,
+            line("to the store", s.resolved_by_store, f"{s.mode}: it resolves the identifiers"),
+            line("no identifier", s.unresolved),
+            line("people", s.profiles, "by their first identifier"),
+            line("profile bodies", s.requests, f"{n(s.split_requests)} extra from the limits"),
+            tail,
+        ])  # fmt: skip
+    out = [
+        *head,
         line("resolved", s.resolved),
         line("  by profile ID", s.resolved_profile_id),
         line("  by identity map", s.resolved_identity_map),
@@ -125,7 +145,7 @@ def format_plan(result: PlanResult) -> str:
         line("profiles", s.profiles, f"{n(s.to_create)} to create" if s.to_create else ""),
         line("requests", s.requests, f"{n(s.split_requests)} extra from the 50-group limit"),
         f"  {'lookups':<22}{lookups}",
-        f"Wrote {result.plan_path} and {result.rejects_path} ({n(s.rejects)} lines).",
+        tail,
     ]
     return "\n".join(out)
 
@@ -358,7 +378,14 @@ def format_status(summary: dict[str, Any]) -> str:
     ]
     outcomes = [
         f"{n(u[name])} {name.replace('_', ' ')}"
-        for name in ("updated", "created", "skipped_unchanged", "profile_not_found", "failed")
+        for name in (
+            "updated",
+            "created",
+            "upserted",
+            "skipped_unchanged",
+            "profile_not_found",
+            "failed",
+        )
         if u.get(name)
     ]
     if outcomes:

@@ -99,3 +99,7 @@ class Delivery(Protocol):
         """Send the batch; one final ``Result`` per unit, in any order. Retries of transient
         failures happen inside; the loop records what comes back."""
         ...
+
+    def summary(self) -> dict[str, Any]:
+        """What the run's summary.json should say about this way of writing (``delivery``)."""
+        ...

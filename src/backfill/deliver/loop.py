@@ -205,9 +205,9 @@ async def deliver(
     *,
     stop: anyio.Event,
     on_result: Callable[[Result], None] | None = None,
-) -> None:
+) -> dict[str, Any]:
     """Send every pending unit through ``delivery`` (made for this session's ``Run``); return
-    when all are finished, or drained after ``stop``."""
+    when all are finished, or drained after ``stop``, with the delivery's ``summary()``."""
     store = AsyncDB(db)
     committer = _GroupCommit(store)
     locks = Locks()
@@ -247,3 +247,4 @@ async def deliver(
             committer.close()
     finally:
         store.close()
+    return target.summary()

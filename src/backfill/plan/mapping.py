@@ -391,9 +391,29 @@ def map_batch(job: Job, batch: pl.DataFrame) -> pl.DataFrame:
     # What source could not read faithfully (bad bytes, a ragged line) is reported as well.
     problems.append(Problem(pl.col(PROBLEM).is_not_null(), pl.col(PROBLEM)))
     work = batch.with_columns(exprs)
+    if job.send.store_resolves:
+        work = work.with_columns(_unsendable_identifiers(job, schema))
     return work.with_columns(*presents, _invalid(work, problems).alias(INVALID)).select(
         mapped_columns(job)
     )
+
+
+def _unsendable_identifiers(job: Job, schema: pl.Schema) -> list[pl.Expr]:
+    """Bulk and import: a trait that writes an identifier the row's cell fails to normalize
+    would make the store refuse the whole profile; the cell is reported (above) and the trait
+    left out, so the rest of the row still lands."""
+    exprs = []
+    for j, mapping in enumerate(job.traits):
+        for k, identifier in enumerate(job.identity.identifiers):
+            if identifier.column == mapping.column:
+                bad = (
+                    _filled(mapping.column, schema[mapping.column])
+                    & pl.col(identifier_column(k)).is_null()
+                )
+                value = pl.col(value_column(j))
+                exprs.append(pl.when(bad).then(None).otherwise(value).alias(value_column(j)))
+                break
+    return exprs
 
 
 def typed_order(column: str, dtype: pl.DataType) -> pl.Expr:

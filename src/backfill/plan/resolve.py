@@ -37,8 +37,10 @@ TARGET = "__target"
 OUTCOME = "__outcome"
 REASON = "__reason"
 ACTION = "__action"
-NEW = "new:"  # target prefix of a profile to create (on_unresolved = "create")
+NEW = "new:"  # target prefix of a profile to create (on_unresolved = "create", bulk, import)
+UPSERT = "upsert"  # a unit's action when the store resolves its identifiers (bulk, import)
 
+BY_STORE = "by_store"  # bulk and import: the store resolves the identifiers sent
 BY_PROFILE_ID = "profile_id"
 BY_MAP = "identity_map"
 BY_LOOKUP = "lookup"
@@ -296,6 +298,31 @@ def resolve_parts(
     hard = _join(frame.filter(~pl.col(_EASY)), tables, joined, (_m, _e))
     rest = _general(job, hard, looked_up).drop(*_scratch(job), _EASY)
     return [by_id, settled, rest]
+
+
+def resolve_in_store(job: Job, mapped: pl.LazyFrame) -> pl.LazyFrame:
+    """Bulk and import: the store resolves identity from the identifiers in each body, so a
+    row's target is its first usable identifier in priority order, normalized as the store
+    normalizes it (``new:<idType> <value>``): rows of one person merge as in PATCH mode. A row
+    without a usable identifier is ``unresolved``."""
+    identifiers = job.identity.identifiers
+    first = _first(
+        [
+            pl.concat_str(pl.lit(f"{identifiers[k].id_type} "), pl.col(identifier_column(k)))
+            for k in range(len(identifiers))
+        ],
+        pl.String(),
+    )
+    target = pl.concat_str(pl.lit(NEW), first)
+    return mapped.with_columns(
+        target.alias(TARGET),
+        pl.when(first.is_null())
+        .then(pl.lit(UNRESOLVED))
+        .otherwise(pl.lit(BY_STORE))
+        .alias(OUTCOME),
+        pl.when(first.is_null()).then(pl.lit("no usable identifier in the row")).alias(REASON),
+        pl.when(first.is_not_null()).then(pl.lit(UPSERT)).alias(ACTION),
+    )
 
 
 def _join(

@@ -22,7 +22,7 @@ import polars as pl
 
 from backfill.config import Job
 from backfill.plan.mapping import ORDER, present_column, value_column
-from backfill.plan.resolve import NEW, TARGET
+from backfill.plan.resolve import NEW, TARGET, UPSERT
 from backfill.plan.source import FILE, ROW
 
 MAX_GROUPS_PER_REQUEST = 50  # Memory API: TraitGroups maxProperties
@@ -33,9 +33,20 @@ def chunk_traits(
     traits: Sequence[tuple[str, str]],
     max_groups: int = MAX_GROUPS_PER_REQUEST,
     max_traits: int = MAX_TRAITS_PER_GROUP,
+    always: Sequence[int] = (),
 ) -> list[list[int]]:
     """Partition trait indices into request chunks: each chunk has at most ``max_groups``
-    groups and at most ``max_traits`` traits of any group; every trait lands in exactly one."""
+    groups and at most ``max_traits`` traits of any group; every trait lands in exactly one,
+    except those in ``always`` (identifiers the store resolves by), which go in every chunk."""
+    if always:
+        fixed = [traits[i][0] for i in always]
+        room_groups = max_groups - len(set(fixed))
+        room_traits = max_traits - max(fixed.count(g) for g in fixed)
+        rest = [i for i in range(len(traits)) if i not in set(always)]
+        if room_groups < 1 or room_traits < 1:
+            raise ValueError("the identifier traits alone fill a request")
+        inner = chunk_traits([traits[i] for i in rest], room_groups, room_traits)
+        return [[*always, *(rest[i] for i in chunk)] for chunk in inner] or [list(always)]
     by_group: dict[str, list[int]] = {}
     for index, (group, _) in enumerate(traits):
         by_group.setdefault(group, []).append(index)
@@ -54,6 +65,13 @@ def chunk_traits(
         level += 1
 
 
+def identifier_traits(job: Job) -> list[int]:
+    """The indices of the traits that write an identifier column: what the store resolves a
+    bulk or import profile by, so every chunk of such a profile carries them."""
+    columns = {i.column for i in job.identity.identifiers}
+    return [j for j, t in enumerate(job.traits) if t.column in columns]
+
+
 def _encode(job: Job, j: int) -> pl.Expr:
     """``"trait":<json value>`` of trait ``j``'s value column (``null`` when the value is)."""
     mapping = job.traits[j]
@@ -70,8 +88,9 @@ def _fragment_column(j: int) -> str:
     return f"__f_{j}"
 
 
-def _body(job: Job, chunk: list[int]) -> pl.Expr:
-    """The JSON body of one chunk from the fragment columns (null when nothing is sent)."""
+def _body(job: Job, chunk: list[int], required: Sequence[int] | None = None) -> pl.Expr:
+    """The JSON body of one chunk from the fragment columns (null when nothing is sent, or
+    nothing among ``required`` when given)."""
     groups: dict[str, list[int]] = {}
     for j in chunk:
         groups.setdefault(job.traits[j].group, []).append(j)
@@ -85,7 +104,8 @@ def _body(job: Job, chunk: list[int]) -> pl.Expr:
             )
         )
     inner = pl.concat_str(group_parts, separator=",", ignore_nulls=True)
-    sent = pl.any_horizontal([pl.col(_fragment_column(j)).is_not_null() for j in chunk])
+    wanted = chunk if required is None else required
+    sent = pl.any_horizontal([pl.col(_fragment_column(j)).is_not_null() for j in wanted])
     return pl.when(sent).then(pl.concat_str(pl.lit('{"traits":{'), inner, pl.lit("}}")))
 
 
@@ -203,14 +223,15 @@ def units_from_fragments(
     Also what ``reconcile --fix`` uses, so a fix is encoded exactly as a plan. With ``orders``,
     ``fragments`` also holds ``plan_units``' per-trait key columns, and units an ``orders``
     column."""
-    chunks = chunk_traits([(t.group, t.trait) for t in job.traits])
+    ids = identifier_traits(job) if job.send.store_resolves else []
+    chunks = chunk_traits([(t.group, t.trait) for t in job.traits], always=ids)
     ordered = job.source.order_by is not None
     with_orders = ["orders"] if orders else []
     per_chunk = [
         fragments.select(
             pl.col(TARGET),
             pl.lit(c, pl.UInt16).alias("chunk"),
-            _body(job, chunk).alias("body"),
+            _body(job, chunk, None if c == 0 or not ids else chunk[len(ids) :]).alias("body"),
             *(pl.col(name) for name in carry),
             *([_orders(job, chunk, ordered).alias("orders")] if orders else []),
         ).filter(pl.col("body").is_not_null())
@@ -218,10 +239,11 @@ def units_from_fragments(
     ]
     units = pl.concat(per_chunk)
     creating = pl.col(TARGET).str.starts_with(NEW)
+    create = UPSERT if job.send.store_resolves else "create"
     return units.select(
         pl.concat_str(pl.col(TARGET), pl.lit("#"), pl.col("chunk").cast(pl.String)).alias("key"),
         pl.when(~creating).then(pl.col(TARGET)).alias("profile_id"),
-        pl.when(creating).then(pl.lit("create")).otherwise(pl.lit("patch")).alias("action"),
+        pl.when(creating).then(pl.lit(create)).otherwise(pl.lit("patch")).alias("action"),
         pl.col("chunk"),
         pl.col("body"),
         _content_hash(pl.col("body")).alias("hash"),

@@ -11,6 +11,10 @@ from backfill.transport.client import MemoryClient
 
 def delivery_for(job: Job, client: MemoryClient) -> Callable[[Run], Delivery]:
     """The delivery ``[send] mode`` names, bound to the job and client."""
+    if job.send.mode == "bulk":
+        from backfill.targets.memory_bulk import MemoryBulk
+
+        return lambda run: MemoryBulk(job, client, run)
     from backfill.targets.memory_patch import MemoryPatch
 
     return lambda run: MemoryPatch(job, client, run)

@@ -235,3 +235,6 @@ class MemoryPatch:
 
     async def send(self, batch: Batch) -> list[Result]:
         return [await send_unit(self.job, self.client, unit, self.known) for unit in batch.units]
+
+    def summary(self) -> dict[str, Any]:
+        return {"mode": "patch"}

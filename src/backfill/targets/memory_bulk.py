@@ -1,0 +1,93 @@
+"""``[send] mode = "bulk"``: ``PUT /v1/Stores/{storeId}/Profiles/Bulk``, up to 1,000 profiles a
+request, each keyed by the identifiers it carries and resolved by the store.
+
+A unit is one profile body (``{"traits": ...}``, as the plan writes it for every mode); a batch
+joins them into ``{"profiles": [...]}`` without parsing them again. The store validates the
+whole batch before it applies any of it, so a 400 (or a 413: too large) fails all of it: the
+batch is bisected, each half sent on its own, until the profiles the store refuses are alone
+and reported one by one with the store's message, while every other profile lands.
+
+A bulk write is an upsert that merges, so re-sending a batch whose answer was lost (the
+client's retries, or a resumed run re-sending the batches in flight at a crash) is harmless:
+the store finds the profiles the first attempt made by the identifiers they carry.
+
+A 202 says the store accepted the batch, not what each profile now holds: the outcome is
+``upserted``, and ``run`` reads a sample back afterwards (``verify``) to prove the landing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Final
+from urllib.parse import quote
+
+from backfill.checkpoint import DONE, FAILED, Result, Unit
+from backfill.config import Job
+from backfill.deliver.interface import Batch, Limits, Run
+from backfill.transport.client import MemoryClient, Reply
+
+UPSERTED: Final = "upserted"
+FAILED_OUTCOME: Final = "failed"
+MAX_PROFILES: Final = 1_000  # Memory API: profiles of one bulk request, 1..1000
+# Bodies of one request, at most (the JSON envelope adds 15 bytes and a comma a profile). No
+# limit is published: 4 MiB keeps a request well under the 10 MiB that API gateways commonly
+# cap bodies at, while 1,000 profiles of the widths seen in practice (a few hundred bytes to
+# a few KiB) still fill a batch; BENCHMARKS.md ("Bulk") measures how body size costs.
+MAX_BODY_BYTES: Final = 4 * 1024 * 1024
+SPLIT_ON: Final = frozenset({400, 413})  # answers that refuse the batch as a whole
+
+
+def bulk_path(store_id: str) -> str:
+    return f"/v1/Stores/{quote(store_id, safe='')}/Profiles/Bulk"
+
+
+def bulk_body(units: Sequence[Unit]) -> bytes:
+    """``{"profiles": [...]}`` from the units' bodies, joined as they are."""
+    return b'{"profiles":[' + ",".join(unit.body for unit in units).encode() + b"]}"
+
+
+class MemoryBulk:
+    """The bulk delivery (see the module docstring)."""
+
+    limits = Limits(units=MAX_PROFILES, body_bytes=MAX_BODY_BYTES)
+
+    def __init__(self, job: Job, client: MemoryClient, run: Run) -> None:
+        self.client = client
+        self.path = bulk_path(job.connection.store_id)
+        self.batches = 0  # batches sent in this session
+        self.splits = 0  # batches split in two to find the profiles the store refuses
+
+    async def start(self) -> None:
+        pass
+
+    async def send(self, batch: Batch) -> list[Result]:
+        self.batches += 1
+        return await self._send(batch.units, 0)
+
+    def summary(self) -> dict[str, Any]:
+        return {"mode": "bulk", "batches": self.batches, "split_requests": self.splits}
+
+    async def _send(self, units: Sequence[Unit], tries_before: int) -> list[Result]:
+        reply = await self.client.request("PUT", self.path, content=bulk_body(units))
+        tries = tries_before + reply.attempts
+        if reply.ok:
+            return [
+                Result(u.seq, DONE, UPSERTED, reply.status, None, None, tries, None) for u in units
+            ]
+        if reply.status in SPLIT_ON and len(units) > 1:
+            self.splits += 1
+            half = len(units) // 2
+            return [
+                *await self._send(units[:half], tries),
+                *await self._send(units[half:], tries),
+            ]
+        return [_failed(u, reply, tries) for u in units]
+
+
+def _failed(unit: Unit, reply: Reply, tries: int) -> Result:
+    message = reply.message
+    if reply.status in SPLIT_ON:
+        message = f"the store refused this profile: {message}"
+    elif reply.status is not None:
+        message = f"the bulk request failed (HTTP {reply.status}): {message}"
+    return Result(unit.seq, FAILED, FAILED_OUTCOME, reply.status, reply.code, message, tries, None)
