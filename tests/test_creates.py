@@ -181,7 +181,7 @@ def test_creates_split_in_chunks_land_on_one_profile(
     promotes no identifier). Lost responses change nothing."""
     chunk_traits = plan_module.chunk_traits
     monkeypatch.setattr(plan_module, "chunk_traits",
-                        lambda traits: chunk_traits(traits, max_groups=1))  # fmt: skip
+                        lambda traits, **kw: chunk_traits(traits, max_groups=1, **kw))  # fmt: skip
     who = people(20)
     with emulator(tmp_path, lost_response_rate=0.3, random_seed=5) as emu:
         job = write_job(tmp_path, emu.url, who, "concurrency = 8\nrate = 5000\n")

@@ -426,6 +426,31 @@ class RunDB:
         )
         return [orders for (orders,) in rows]
 
+    def landed_targets(self) -> list[str]:
+        """The targets (profile IDs, and ``new:...`` people the store resolves) whose every unit
+        landed: what a read-back can prove."""
+        rows = self._db.execute(  # rtrim drops the chunk number; substr, its '#'
+            "SELECT substr(t, 1, length(t) - 1) FROM (SELECT rtrim(key, '0123456789') AS t, "
+            "state = ? AND outcome IN (SELECT value FROM json_each(?)) AS ok "
+            "FROM units) GROUP BY t HAVING min(ok) = 1 ORDER BY t",
+            (DONE, json.dumps(LANDED)),
+        )
+        return [target for (target,) in rows]
+
+    def fail_targets(self, outcome: str, messages: dict[str, str]) -> int:
+        """Every unit of each target in ``messages`` becomes FAILED with ``outcome`` and its
+        message (a read-back found the profile does not hold what was sent)."""
+        count = 0
+        with self._transaction():
+            for target, message in messages.items():
+                cursor = self._db.execute(
+                    "UPDATE units SET state = ?, outcome = ?, message = ?, status = NULL, "
+                    "code = NULL WHERE key > ? AND key < ?",
+                    (FAILED, outcome, message, target + "#", target + "$"),
+                )
+                count += cursor.rowcount
+        return count
+
     def remaps(self) -> int:
         return int(
             self._db.execute(

@@ -14,7 +14,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -60,6 +60,7 @@ from backfill.plan.resolve import (
     LookupStats,
     cached_candidates,
     identity_map_candidates,
+    linked_in_store,
     lookup_candidates,
     open_pairs,
     resolve_in_store,
@@ -156,16 +157,27 @@ def build_plan(
             _empty_mapped(job).write_parquet(spill / "mapped-000000.parquet")
         mapped = pl.scan_parquet(spill / "mapped-*.parquet")
         stats = LookupStats()
-        looked_up = job.identity.lookup and not offline and not job.send.store_resolves
-        if job.send.store_resolves:  # bulk, import: the store resolves what each body carries
-            parts = [resolve_in_store(job, mapped)]
-        elif looked_up:  # the open pairs cost a pass over every row: only for Lookup
-            pairs = open_pairs(job, mapped, candidates)
+        looked_up = job.identity.lookup and not offline
+        # Bulk, import: the store resolves what each body carries; only people whose rows
+        # carry different first identifiers are resolved here (``linked_in_store``).
+        by_store: pl.LazyFrame | None = None
+        to_resolve, resolving = mapped, job
+        if job.send.store_resolves:
+            keyed = resolve_in_store(job, mapped)
+            linked = linked_in_store(job, mapped).collect()
+            by_store = keyed.join(linked.lazy(), on=TARGET, how="anti")
+            names = mapped.collect_schema().names()
+            to_resolve = keyed.join(linked.lazy(), on=TARGET, how="semi").select(names)
+            resolving = replace(job, identity=replace(job.identity, on_unresolved="create"))
+        if looked_up:  # the open pairs cost a pass over every row: only for Lookup
+            pairs = open_pairs(resolving, to_resolve, candidates)
             if pairs.height:
-                found, stats = _lookups(job, pairs, out, quiet, refresh_lookups, clock)
+                found, stats = _lookups(resolving, pairs, out, quiet, refresh_lookups, clock)
                 candidates = pl.concat([candidates, found])
-        if not job.send.store_resolves:
-            parts = resolve_parts(job, mapped, candidates, looked_up=looked_up)
+        parts = resolve_parts(resolving, to_resolve, candidates, looked_up=looked_up)
+        if by_store is not None:
+            columns = by_store.collect_schema().names()
+            parts = [by_store, *(part.select(columns) for part in parts)]
         resolved = pl.concat(parts, how="vertical")
         if not candidates.is_empty():
             # With candidates, resolving joins; do it once for the four readers below, every
@@ -431,6 +443,7 @@ def run(
             job,
             quiet=quiet,
             keep_rows=True,
+            keep_values=job.send.store_resolves and job.send.verify != "none",  # verify reads it
             into=out / STAGING_DIR,
             refresh_lookups=restart or full,
         )
@@ -473,6 +486,7 @@ def retry(job_path: Path | str, *, not_found: bool = False, quiet: bool = False)
     with ``not_found``, ``profile_not_found``), e.g. after a schema fix. Nothing is re-planned:
     the checkpoint holds the bodies. Units the last run left unsent are finished too."""
     from backfill.targets.memory_patch import FAILED_OUTCOME, PROFILE_NOT_FOUND
+    from backfill.verify.landing import VERIFY_FAILED
 
     job = load_job(job_path)
     out = job.output_dir
@@ -482,7 +496,9 @@ def retry(job_path: Path | str, *, not_found: bool = False, quiet: bool = False)
         if db.meta("plan") is None:
             raise ConfigError(f"nothing to retry: the last run of {job.path} was never planned")
         _publish(out, db.meta("plan_id"))
-        outcomes = [FAILED_OUTCOME, PROFILE_NOT_FOUND] if not_found else [FAILED_OUTCOME]
+        outcomes = [FAILED_OUTCOME, VERIFY_FAILED]
+        if not_found:
+            outcomes.append(PROFILE_NOT_FOUND)
         resumed = db.reset_in_flight()
         db.requeue_failed(outcomes)
         return _deliver_and_report(job, db, out, resumed, quiet, remember=True, fresh=False)
@@ -596,6 +612,7 @@ def _deliver_and_report(
     from backfill.targets.memory_schema import check
     from backfill.transport.client import ClientStats
     from backfill.transport.connection import open_target
+    from backfill.verify.landing import verify_landing
 
     before = db.counts()
     todo = before[PENDING]
@@ -640,6 +657,8 @@ def _deliver_and_report(
                 # trait would refuse every such unit one by one; this stops with the diff.
                 await check(job, client)
                 await send_all(client)
+                if not interrupted and job.send.store_resolves and job.send.verify != "none":
+                    said["verify"] = await verify_landing(job, client, db, out, quiet=quiet)
             return client.stats, bucket.rate
 
     try:
@@ -687,6 +706,7 @@ def _deliver_and_report(
             "upserted": after.get("outcome:upserted", 0),
             "profile_not_found": after.get("outcome:profile_not_found", 0),
             "failed": after.get("outcome:failed", 0),
+            "verify_failed": after.get("outcome:verify_failed", 0),
             "skipped_unchanged": after.get(f"outcome:{SKIPPED_UNCHANGED}", 0),
             "pending": after[PENDING],
             "in_flight": after[IN_FLIGHT],

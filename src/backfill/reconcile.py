@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Final
 
@@ -33,7 +33,14 @@ import polars as pl
 from backfill.checkpoint import RunDB, RunLock
 from backfill.config import Job, load_job
 from backfill.errors import ConfigError
-from backfill.files import ROWS_FILE, RUN_FILE, output_folder, private_dir, private_file
+from backfill.files import (
+    ROWS_FILE,
+    RUN_FILE,
+    VALUES_FILE,
+    output_folder,
+    private_dir,
+    private_file,
+)
 from backfill.pipeline import (
     EXIT_INTERRUPTED,
     build_plan,
@@ -57,6 +64,7 @@ from backfill.verify.compare import (
     same_value,
     write_expected,
 )
+from backfill.verify.landing import locate_all
 
 __all__ = ["ReconcileResult", "expected_frame", "format_reconcile", "reconcile", "same_value"]
 
@@ -84,6 +92,18 @@ def _created_profiles(out: Path) -> dict[str, str]:
         return {}
     with RunDB(out / RUN_FILE) as db:
         return db.created()
+
+
+def _retarget_rows(rows: Path, where: pl.DataFrame) -> None:
+    """rows.parquet with each row's target replaced by the profile the store put it in, so the
+    rows behind a finding (and a fix) are found by profile."""
+    frame = (
+        pl.read_parquet(rows)
+        .join(where, on=TARGET, how="left")
+        .with_columns(pl.coalesce("profile", TARGET).alias(TARGET))
+        .drop("profile")
+    )
+    frame.write_parquet(rows)
 
 
 # ------------------------------------------------------------------------------------ fix
@@ -377,7 +397,20 @@ def reconcile(
         plan_folder = rec / "plan"
         shutil.rmtree(plan_folder, ignore_errors=True)
         plan = build_plan(job, quiet=quiet, keep_rows=True, keep_values=True, into=plan_folder)
-        parts = write_expected(job, plan_folder, _created_profiles(out))
+        fixer = job
+        if job.send.store_resolves:  # the store put people somewhere: ask where, per person
+            targets = (
+                pl.scan_parquet(plan_folder / VALUES_FILE).select(pl.col(TARGET).unique())
+                .collect().get_column(TARGET).sort().to_list()
+            )  # fmt: skip
+            where = locate_all(job, targets, out)
+            parts = write_expected(job, plan_folder, {}, profiles=where)
+            _retarget_rows(plan_folder / ROWS_FILE, where)
+            # A fix sends the few traits that differ, to profiles now known: PATCH does that
+            # (a bulk body would need the identifiers too).
+            fixer = replace(job, send=replace(job.send, mode="patch"))
+        else:
+            parts = write_expected(job, plan_folder, _created_profiles(out))
         profiles, to_create = (
             pl.scan_parquet(parts)
             .select(pl.len(), pl.col(TARGET).str.starts_with(NEW).sum())
@@ -395,7 +428,7 @@ def reconcile(
                            paths, seconds)  # fmt: skip
         _write_reports(summary, files)
         if fix:  # the report above stands if the fix fails; it is rewritten with the fix's
-            summary["fix"] = _fix(job, rec, plan_folder, parts, checked.traits_path,
+            summary["fix"] = _fix(fixer, rec, plan_folder, parts, checked.traits_path,
                                   together, plan.sources, quiet)  # fmt: skip
             if summary["fix"]["exit_code"] == EXIT_INTERRUPTED:
                 summary["exit_code"] = EXIT_INTERRUPTED

@@ -128,7 +128,11 @@ def format_plan(result: PlanResult) -> str:
         return "\n".join([
             *head,
             line("to the store", s.resolved_by_store, f"{s.mode}: it resolves the identifiers"),
-            line("no identifier", s.unresolved),
+            line("resolved by lookup", s.resolved_lookup, "people with rows under other keys"),
+            line("unresolved", s.unresolved, "to create" if s.to_create else ""),
+            line("ambiguous", s.ambiguous),
+            line("conflicts", s.conflict),
+            f"  {'lookups':<22}{lookups}",
             line("people", s.profiles, "by their first identifier"),
             line("profile bodies", s.requests, f"{n(s.split_requests)} extra from the limits"),
             tail,
@@ -310,13 +314,26 @@ def format_run(summary: dict[str, Any]) -> str:
     if r["lines"]:
         lines += ["", f"| lines in {errors} by outcome | |", "|---|---:|"]
         lines += [f"| {name} | {n(count)} |" for name, count in r["lines"].items()]
+    delivery = summary.get("delivery") or {}
+    mode = delivery.get("mode", "patch")
+    units = "requests" if mode == "patch" else "profile bodies"
     lines += [
         "",
-        "| requests | |",
+        f"| {units} ({mode}) | |",
         "|---|---:|",
         f"| planned | {n(u['total'])} |",
-        f"| profiles updated | {n(u['updated'])} |",
-        f"| profiles created | {n(u['created'])} |",
+    ]
+    if mode == "patch" or u.get("updated") or u.get("created"):
+        lines.append(f"| profiles updated | {n(u['updated'])} |")
+        lines.append(f"| profiles created | {n(u['created'])} |")
+    if mode == "bulk":
+        lines.append(f"| accepted by the store (bulk) | {n(u.get('upserted', 0))} |")
+        splits = n(delivery.get("split_requests", 0))
+        batches = n(delivery.get("batches", 0))
+        lines.append(f"| bulk batches | {batches} ({splits} split to find refused profiles) |")
+    if u.get("verify_failed"):
+        lines.append(f"| read back not holding their latest rows | {n(u['verify_failed'])} |")
+    lines += [
         f"| profile not found | {n(u['profile_not_found'])} |",
         f"| failed | {n(u['failed'])} |",
         f"| unchanged since they last landed, not sent (incremental) | "
@@ -335,6 +352,15 @@ def format_run(summary: dict[str, Any]) -> str:
     if summary["resumed"]:
         lines.append(f"| resumed units (were in flight when the last run stopped) | "
                      f"{n(summary['resumed'])} |")  # fmt: skip
+    check = delivery.get("verify")
+    if check:
+        lines += [
+            "",
+            f"Read back ({check['how']}): {n(check['checked'])} of {n(check['landed_people'])} "
+            f"people that landed; {n(check['matched'])} hold what their latest rows say, "
+            f"{n(check['failed'])} do not (outcome verify_failed in {errors}), "
+            f"{n(check['unverified'])} could not be read.",
+        ]
     lines += ["", f"Files: {', '.join(summary['files'].values())}."]
     return "\n".join(lines) + "\n"
 

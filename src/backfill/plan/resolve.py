@@ -300,19 +300,53 @@ def resolve_parts(
     return [by_id, settled, rest]
 
 
-def resolve_in_store(job: Job, mapped: pl.LazyFrame) -> pl.LazyFrame:
-    """Bulk and import: the store resolves identity from the identifiers in each body, so a
-    row's target is its first usable identifier in priority order, normalized as the store
-    normalizes it (``new:<idType> <value>``): rows of one person merge as in PATCH mode. A row
-    without a usable identifier is ``unresolved``."""
+def _first_identifier(job: Job) -> pl.Expr:
+    """``<idType> <value>`` of the row's first usable identifier in priority order."""
     identifiers = job.identity.identifiers
-    first = _first(
+    return _first(
         [
             pl.concat_str(pl.lit(f"{identifiers[k].id_type} "), pl.col(identifier_column(k)))
             for k in range(len(identifiers))
         ],
         pl.String(),
     )
+
+
+def linked_in_store(job: Job, mapped: pl.LazyFrame) -> pl.LazyFrame:
+    """Bulk and import: the rows whose person, keyed by their first identifier, shares an
+    identifier value with another key (row 1 keyed by email a with phone p, row 2 by email b
+    with phone p). The store may resolve both keys to one profile, where whichever body came
+    last would win every trait they share: these rows are resolved as PATCH mode does (Lookup,
+    then per profile), so "the latest row wins" holds for them too. Every other person has one
+    key, and the store resolving it is all PATCH mode would do."""
+    key = pl.concat_str(pl.lit(NEW), _first_identifier(job)).alias(TARGET)
+    ids = range(len(job.identity.identifiers))
+    keyed = mapped.select(key, *(identifier_column(k) for k in ids))
+    pairs = [
+        keyed.select(
+            pl.col(TARGET), pl.lit(k, pl.UInt8).alias("k"), pl.col(identifier_column(k)).alias("v")
+        ).drop_nulls()
+        for k in ids
+    ]
+    if not pairs:
+        return pl.LazyFrame(schema={TARGET: pl.String})
+    shared = (
+        pl.concat(pairs)
+        .unique()
+        .with_columns(pl.len().over("k", "v").alias("__keys"))
+        .filter(pl.col("__keys") > 1)
+        .select(TARGET)
+        .unique()
+    )
+    return shared
+
+
+def resolve_in_store(job: Job, mapped: pl.LazyFrame) -> pl.LazyFrame:
+    """Bulk and import: the store resolves identity from the identifiers in each body, so a
+    row's target is its first usable identifier in priority order, normalized as the store
+    normalizes it (``new:<idType> <value>``): rows of one person merge as in PATCH mode. A row
+    without a usable identifier is ``unresolved``."""
+    first = _first_identifier(job)
     target = pl.concat_str(pl.lit(NEW), first)
     return mapped.with_columns(
         target.alias(TARGET),

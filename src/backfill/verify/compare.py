@@ -159,16 +159,37 @@ def expected_frame(job: Job, values: pl.LazyFrame) -> pl.LazyFrame:
     )
 
 
-def write_expected(job: Job, folder: Path, created: Mapping[str, str]) -> list[Path]:
+def write_expected(
+    job: Job,
+    folder: Path,
+    created: Mapping[str, str],
+    into: Path | None = None,
+    *,
+    profiles: pl.DataFrame | None = None,
+) -> list[Path]:
     """expected_frame of the plan's values.parquet, in bounded memory as plan.write_units does:
     above BUCKET_ROWS rows, one bucket of targets at a time. ``created`` maps ``new:...``
-    targets to the profiles a run created for them."""
+    targets to the profiles a run created for them. The parts go to ``into`` (default:
+    ``folder``).
+
+    ``profiles`` (``TARGET`` -> ``profile``: where the store put each target, for bulk and
+    import) keeps only those targets and merges, before the latest row is chosen, the rows of
+    targets the store put in one profile: what that profile should hold is what PATCH mode
+    would have sent it.
+    """
     values = pl.scan_parquet(folder / VALUES_FILE)
+    into = folder if into is None else into
+    if profiles is not None:
+        values = (
+            values.join(profiles.lazy(), on=TARGET, how="inner")
+            .with_columns(pl.col("profile").alias(TARGET))
+            .drop("profile")
+        )
     rows = values.select(pl.len()).collect().item()
     buckets = max(1, -(-rows // BUCKET_ROWS))
     parts = []
     for b in range(buckets):
-        part = folder / f"expected-{b:04d}.parquet"
+        part = into / f"expected-{b:04d}.parquet"
         mine = values if buckets == 1 else values.filter(pl.col(TARGET).hash(seed=7) % buckets == b)
         expected = expected_frame(job, mine)
         if created:
@@ -430,41 +451,49 @@ def check_all(
     job: Job, parts: list[Path], names: dict[int, str], rec: Path, profiles: int,
     settle: float, quiet: bool,
 ) -> Checked:  # fmt: skip
-    """Check every profile of the expected ``parts`` (``write_expected``); with ``settle``,
-    fetch again the profiles that did not match, each at least ``settle`` seconds after it was
-    seen, and keep only what persists. ``names`` maps a file index to its path; the passes
-    write under ``rec``; ``profiles`` is the number to check (for the progress bar)."""
+    """``check_profiles`` with a client of its own (``reconcile``)."""
     from backfill.transport.connection import open_target
-
-    traits = _traits(job)
 
     async def main() -> Checked:
         with open_target(job) as target:
             async with target.client(job) as client:
-                bar = _bar(quiet, desc="checking", unit=" profiles", total=profiles)
-                with _Pass(traits, names, rec / ".pass1") as first, bar:
-                    await _check(job, client, _frames(parts), first, bar.update)
-                tally = Tally()
-                tally.add(first.all)
-                if settle <= 0 or first.last_dirty is None:
-                    return Checked(tally, first.traits_path, [(first.profiles_path, False)],
-                                   0, 0, 0.0, client.stats)  # fmt: skip
-                waited = max(0.0, first.last_dirty + settle - time.monotonic())
-                await anyio.sleep(waited)
-                again = (
-                    pl.scan_csv(first.profiles_path, infer_schema=False)
-                    .filter(pl.col("outcome") != MATCHES)
-                    .select(pl.col("profile_id").alias(TARGET))
-                )
-                rechecked = sum(n for k, n in first.dirty.profiles.items() if k != "remapped")
-                bar = _bar(quiet, desc="re-checking", unit=" profiles", total=rechecked)
-                with _Pass(traits, names, rec / ".pass2") as second, bar:
-                    await _check(job, client, _frames(parts, again), second, bar.update)
-                tally.add(first.dirty, -1)
-                tally.add(second.all)
-                settled = second.all.profiles[MATCHES]
-                paths = [(first.profiles_path, True), (second.profiles_path, False)]
-                return Checked(tally, second.traits_path, paths, rechecked, settled,
-                               round(waited, 3), client.stats)  # fmt: skip
+                return await check_profiles(job, client, parts, names, rec, profiles, settle,
+                                            quiet)  # fmt: skip
 
     return run_async(main)
+
+
+async def check_profiles(
+    job: Job, client: MemoryClient, parts: list[Path], names: dict[int, str], rec: Path,
+    profiles: int, settle: float, quiet: bool,
+) -> Checked:  # fmt: skip
+    """Check every profile of the expected ``parts`` (``write_expected``); with ``settle``,
+    fetch again the profiles that did not match, each at least ``settle`` seconds after it was
+    seen, and keep only what persists. ``names`` maps a file index to its path; the passes
+    write under ``rec``; ``profiles`` is the number to check (for the progress bar)."""
+    traits = _traits(job)
+    bar = _bar(quiet, desc="checking", unit=" profiles", total=profiles)
+    with _Pass(traits, names, rec / ".pass1") as first, bar:
+        await _check(job, client, _frames(parts), first, bar.update)
+    tally = Tally()
+    tally.add(first.all)
+    if settle <= 0 or first.last_dirty is None:
+        return Checked(tally, first.traits_path, [(first.profiles_path, False)],
+                       0, 0, 0.0, client.stats)  # fmt: skip
+    waited = max(0.0, first.last_dirty + settle - time.monotonic())
+    await anyio.sleep(waited)
+    again = (
+        pl.scan_csv(first.profiles_path, infer_schema=False)
+        .filter(pl.col("outcome") != MATCHES)
+        .select(pl.col("profile_id").alias(TARGET))
+    )
+    rechecked = sum(n for k, n in first.dirty.profiles.items() if k != "remapped")
+    bar = _bar(quiet, desc="re-checking", unit=" profiles", total=rechecked)
+    with _Pass(traits, names, rec / ".pass2") as second, bar:
+        await _check(job, client, _frames(parts, again), second, bar.update)
+    tally.add(first.dirty, -1)
+    tally.add(second.all)
+    settled = second.all.profiles[MATCHES]
+    paths = [(first.profiles_path, True), (second.profiles_path, False)]
+    return Checked(tally, second.traits_path, paths, rechecked, settled,
+                   round(waited, 3), client.stats)  # fmt: skip
