@@ -31,9 +31,9 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
-from backfill.plan.units.normalize import normalize
 
 from backfill.errors import InvalidIdentifierError
+from backfill.plan.normalize import normalize
 
 HERE = Path(__file__).resolve().parent
 SEED = 2026

@@ -667,7 +667,8 @@ def _deliver_and_report(
         progress.close()
         if remember:  # also what an interrupted run landed
             _remember(job, db)
-    seconds = time.monotonic() - started
+    # Delivery time: the read-back after it is reported on its own (summary: delivery.verify).
+    seconds = time.monotonic() - started - float(said.get("verify", {}).get("seconds", 0.0))
     after = db.counts()
     delivered = (after[DONE] + after[FAILED]) - (before[DONE] + before[FAILED])
     accepted = sum(after.get(f"outcome:{o}", 0) - before.get(f"outcome:{o}", 0) for o in LANDED)
