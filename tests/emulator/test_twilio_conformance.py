@@ -878,23 +878,98 @@ def test_bulk_size_limits(v1: Any, store_id: str) -> None:
     assert len(set(v1.profiles(store_id).list(page_size=100))) == 1003
 
 
-def test_bulk_item_without_promoted_trait_is_400(v1: Any, store_id: str) -> None:
-    """Every bulk item needs a promoted trait, as a single create does: else 400."""
+def test_bulk_with_several_matches_merges_them_and_non_unique_updates_the_earliest(
+    v1: Any, store_id: str
+) -> None:
+    """A bulk profile whose emails belong to two profiles merges them into the earliest; one
+    whose user_id (enforceUnique false) two profiles share updates the earliest of them."""
+    v1.trait_groups(store_id).create(
+        group_request("Work", {"workEmail": {"dataType": "STRING", "idTypePromotion": "email"}})
+    )
+    first = BulkList.UpdateProfilesBulkRequest(
+        {"profiles": [{"traits": contact(email="pat@example.com", lastName="Ng")}]}
+    )
+    v1.bulk(store_id).update(first)
+    (pat,) = lookup(v1, store_id, "email", "pat@example.com").profiles
+    both = {"Contact": {"email": "pat@example.com"}, "Work": {"workEmail": "ada@example.com"}}
+    shared = contact(userId="shared-7", lastName="Shared")
+    second = BulkList.UpdateProfilesBulkRequest(
+        {"profiles": [{"traits": both}, {"traits": shared}]}
+    )
+    assert v1.bulk(store_id).update_with_http_info(second).status_code == 202
+    assert pat not in LIVE_SEEDED
+    assert sorted(v1.profiles(store_id).list()) == LIVE_SEEDED
+    assert lookup(v1, store_id, "email", "pat@example.com").profiles == [PROFILE_A]
+    traits = traits_of(v1, store_id, PROFILE_A)
+    assert (traits["Contact"]["firstName"], traits["Contact"]["lastName"]) == ("Ada", "Ng")
+    assert traits["Work"] == {"workEmail": "ada@example.com"}
+    assert traits_of(v1, store_id, PROFILE_B)["Contact"]["lastName"] == "Shared"
+    assert "lastName" not in traits_of(v1, store_id, PROFILE_C)["Contact"]
+
+
+BULK_REFUSALS: list[tuple[str, dict[str, Any], int, str]] = [
+    ("no promoted trait", contact(firstName="Anonymous"), 400, "no trait is promoted"),
+    ("unknown group", {"Nope": {"x": 1}}, 400, "Unknown trait group 'Nope'"),
+    ("wrong type", {**contact(email="x@example.com"), "Loyalty": {"points": "many"}}, 400,
+     "expected a NUMBER"),
+    ("validation rule", {**contact(email="x@example.com"), "Loyalty": {"tier": "tin"}}, 400,
+     "does not match pattern"),
+    ("invalid phone", contact(phone="555"), 21614, "Contact.phone"),
+    ("100 traits in a group", contact(**{f"t{k}": "x" for k in range(100)}), 400,
+     "At most 99 traits per group"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("traits", "code", "says"),
+    [case[1:] for case in BULK_REFUSALS],
+    ids=[case[0] for case in BULK_REFUSALS],
+)
+def test_bulk_refusal_names_the_profile_and_writes_nothing(
+    v1: Any, store_id: str, traits: dict[str, Any], code: int, says: str
+) -> None:
+    """One refused profile fails the batch with TwilioRestException 400 (21614 for a phone)
+    whose message names it ("profiles[i]: "); the good profiles around it are not written."""
     request = BulkList.UpdateProfilesBulkRequest(
         {
             "profiles": [
                 {"traits": contact(email="ok@example.com")},
-                {"traits": contact(firstName="Anonymous")},
+                {"traits": contact(email="ADA@example.com", lastName="Lovelace")},
+                {"traits": traits},
+                {"traits": contact(email="ok2@example.com")},
             ]
         }
     )
-    with rejected(400, 400):
+    with pytest.raises(TwilioRestException) as info:
         v1.bulk(store_id).update(request)
+    assert (info.value.status, info.value.code) == (400, code)
+    message = info.value.msg.removeprefix("Unable to update record: ")  # the client's prefix
+    assert message.startswith("profiles[2]: "), info.value.msg
+    assert says in message
+    assert lookup(v1, store_id, "email", "ok@example.com").profiles == []
+    assert lookup(v1, store_id, "email", "ok2@example.com").profiles == []
+    assert traits_of(v1, store_id, PROFILE_A) == SEEDED_A_TRAITS
+    assert sorted(v1.profiles(store_id).list()) == LIVE_SEEDED
+
+
+def test_bulk_body_over_the_emulator_cap_is_413_and_its_halves_land() -> None:
+    """With max_body_bytes the client sees TwilioRestException 413 for the whole batch, the
+    answer the bulk client splits on; each half of it fits."""
+    profiles = [{"traits": contact(email=f"cap{i}@example.com")} for i in range(40)]
+    with EmulatorServer(EmulatorConfig(seed=SEED, random_seed=7, max_body_bytes=2_000)) as emu:
+        v1 = connect(emu)
+        with rejected(413, 413):
+            v1.bulk(SEED_STORE).update(BulkList.UpdateProfilesBulkRequest({"profiles": profiles}))
+        assert sorted(v1.profiles(SEED_STORE).list()) == LIVE_SEEDED
+        for half in (profiles[:20], profiles[20:]):
+            request = BulkList.UpdateProfilesBulkRequest({"profiles": half})
+            assert v1.bulk(SEED_STORE).update_with_http_info(request).status_code == 202
+        assert len(v1.profiles(SEED_STORE).list()) == len(LIVE_SEEDED) + 40
 
 
 # ------------------------------------------------------------------------------------- imports
 
-IMPORT_CSV = b"email,first\nimp1@example.com,Imp\nimp2@example.com,\n"
+IMPORT_CSV = b"email,first\nimp1@example.com,Imp\nimp2@example.com,\nADA@example.com,Augusta\n"
 IMPORT_MAPPINGS = [
     {"columnName": "email", "traitGroup": "Contact", "traitName": "email"},
     {"columnName": "first", "traitGroup": "Contact", "traitName": "firstName"},
@@ -930,8 +1005,15 @@ def test_import_create_upload_fetch_and_list(v1: Any, store_id: str) -> None:
     assert done.status == "COMPLETED"
     assert (done.summary["errors"], done.summary["warnings"]) == (0, 1)  # imp2's blank first
     assert done.column_mappings == IMPORT_MAPPINGS
+    assert done.summary["rows"] == 3
     imp1 = lookup(v1, store_id, "email", "imp1@example.com").profiles
     assert traits_of(v1, store_id, imp1[0]) == contact(email="imp1@example.com", firstName="Imp")
+    # A row keyed by a known identifier merges into that profile, as a bulk profile does.
+    assert lookup(v1, store_id, "email", "ada@example.com").profiles == [PROFILE_A]
+    ada = traits_of(v1, store_id, PROFILE_A)
+    assert ada["Contact"]["firstName"] == "Augusta"
+    assert ada["Loyalty"] == SEEDED_A_TRAITS["Loyalty"]
+    assert len(v1.profiles(store_id).list()) == len(LIVE_SEEDED) + 2
     second = v1.imports(store_id).create(import_request(len(IMPORT_CSV))).import_id
     assert v1.imports(store_id).list() == [second, created.import_id]
     assert v1.imports(store_id).list(order_by="ASC", page_size=1) == [created.import_id, second]

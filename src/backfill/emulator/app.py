@@ -1,9 +1,18 @@
 """The emulator's HTTP face: Starlette routes over ``state.Account``, behind one ASGI gate.
 
-The gate (``Gate``) sees every request first, in this order: added latency, basic auth (401),
-the account's token bucket (429 + Retry-After), then the drawn fault (500/503, or the connection
-closed with no response). Only then does the request reach a route, so a faulted request changes
-no state - except a lost response, which is applied and then dropped. Stats are counted there too.
+The gate (``Gate``) sees every request first, in this order: added latency, the body size cap
+(413, as a gateway in front of the API would refuse it), basic auth (401), the account's token
+bucket (429 + Retry-After), then the drawn fault (500/503, or the connection closed with no
+response). Only then does the request reach a route, so a faulted request changes no state -
+except a lost response, which is applied and then dropped. Stats are counted there too. Every
+``/v1`` route passes the same gate: ``PUT /Profiles/Bulk`` and the import endpoints are
+throttled, faulted, dropped and delayed exactly as a PATCH is.
+
+An import's upload URL (``/__uploads__/<token>``) stands for a storage service's pre-signed URL
+(S3-style), not for Twilio's API: Twilio's auth, the account's rate limit and the body size cap
+do not apply there (the import's ``fileSize`` bounds it), while latency, 500/503 faults, drops
+and lost responses do, because any HTTP service on the way fails like that. A lost upload
+response was applied: re-sending the file is a 409 saying the import already received it.
 """
 
 from __future__ import annotations
@@ -159,7 +168,17 @@ class Gate:
         if faults.active:
             delay = faults.latency()
             if delay:
+                stats.delay(op, delay)
                 await asyncio.sleep(delay)
+        limit = emulator.config.max_body_bytes
+        if limit is not None and not upload:
+            whole = await _body_within(scope, receive, limit)
+            if whole is None:
+                stats.record(op, "413")
+                await _send_error(send, ApiError(
+                    413, f"The request body is larger than {limit} bytes."))  # fmt: skip
+                return
+            receive = whole
         if not upload and not self._authorized(scope):
             stats.record(op, "401")
             await _send_error(send, UNAUTHORIZED)
@@ -230,6 +249,40 @@ class Gate:
             if match is Match.FULL:
                 return getattr(route, "name", None) or "unknown"
         return "unknown"
+
+
+async def _body_within(scope: Scope, receive: Receive, limit: int) -> Receive | None:
+    """A ``receive`` that yields the whole body again, or None when the body is over ``limit``.
+
+    A declared Content-Length decides at once; a chunked body is read up to the limit. A body
+    that is over it is read to its end (and thrown away) before the 413, so the client, which
+    sends its whole body before it reads an answer, gets the 413 on a connection still usable.
+    """
+    for key, value in scope["headers"]:
+        if key == b"content-length":
+            if value.isdigit() and int(value) > limit:
+                await _drain(receive)
+                return None
+            return receive
+    held: list[Message] = []
+    size = 0
+    while True:
+        message = await receive()
+        held.append(message)
+        if message["type"] != "http.request":
+            break
+        size += len(message.get("body", b""))
+        if size > limit:
+            if message.get("more_body", False):
+                await _drain(receive)
+            return None
+        if not message.get("more_body", False):
+            break
+
+    async def replay() -> Message:
+        return held.pop(0) if held else await receive()
+
+    return replay
 
 
 async def _drain(receive: Receive) -> None:

@@ -14,7 +14,13 @@ DEFAULT_AUTH_SECRET = "emulator"  # noqa: S105 - the documented, public credenti
 
 @dataclass(frozen=True)
 class EmulatorConfig:
-    """How an emulator instance behaves; one object shared by the CLI, tests and the sample job."""
+    """How an emulator instance behaves; one object shared by the CLI, tests and the sample job.
+
+    ``max_body_bytes`` stands for the request-size cap of the gateway in front of the real API
+    (none is published): a larger ``/v1`` body is answered 413 before auth, rate limit or faults,
+    so a client's split of a too-large bulk batch can be tested. The import upload URL stands for
+    a storage service with its own limit (an import's ``fileSize``), so the cap leaves it alone.
+    """
 
     host: str = "127.0.0.1"
     port: int = 0
@@ -32,6 +38,7 @@ class EmulatorConfig:
     seed: Path | None = None  # JSON document of stores, settings, trait groups and profiles
     upload_ttl_s: float = 900.0  # an import's upload URL expires this long after registration
     import_delay_ms: float = 0.0  # an uploaded import stays PROCESSING at least this long
+    max_body_bytes: int | None = None  # larger /v1 request bodies are answered 413; None = no cap
 
     def __post_init__(self) -> None:
         for name in ("fault_rate", "drop_rate", "lost_response_rate"):
@@ -45,6 +52,8 @@ class EmulatorConfig:
                 raise ConfigError(f"{name.replace('_', '-')} must not be negative")
         if self.upload_ttl_s <= 0:
             raise ConfigError(f"upload TTL must be positive, got {self.upload_ttl_s}")
+        if self.max_body_bytes is not None and self.max_body_bytes < 1:
+            raise ConfigError(f"max-body-bytes must be at least 1, got {self.max_body_bytes}")
         if self.rate is not None and self.rate <= 0:
             raise ConfigError(f"rate must be positive, got {self.rate}")
         if self.burst is not None and (self.burst < 1 or self.rate is None):

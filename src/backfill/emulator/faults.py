@@ -93,8 +93,15 @@ class Stats:
         self.started = time.time()
         self.by_op: dict[str, Counter[str]] = {}
         self.faults: Counter[str] = Counter()
+        self.delayed: Counter[str] = Counter()  # requests given added latency, by operation
+        self.delay_s = 0.0  # the latency added, in total
         self.rate_limited = 0
         self.total = 0
+
+    def delay(self, op: str, seconds: float) -> None:
+        """Count added latency, so a test can see which operations it reached."""
+        self.delayed[op] += 1
+        self.delay_s += seconds
 
     def record(self, op: str, status: str) -> None:
         self.total += 1
@@ -114,4 +121,5 @@ class Stats:
             "byOperation": {op: dict(sorted(c.items())) for op, c in sorted(self.by_op.items())},
             "rateLimited": self.rate_limited,
             "faults": {f.value: self.faults[f.value] for f in Fault if f is not Fault.NONE},
+            "latency": {"seconds": self.delay_s, "byOperation": dict(sorted(self.delayed.items()))},
         }

@@ -428,10 +428,15 @@ class Account:
             raise bad_request(f"profiles must be a list of 1 to {schema.MAX_BULK} profiles.")
         checked = []
         for i, item in enumerate(items):
-            profile = schema.obj(item, f"profiles[{i}]", {"traits"})
-            traits, promoted = self.check_traits(store, profile.get("traits", {}))
-            if not promoted:
-                raise bad_request(f"profiles[{i}] has no trait promoted to an identifier.")
+            # The whole batch fails on one bad profile, so the message must say which one:
+            # "profiles[i]: ..." for every refusal, keeping its code (21614 for a bad phone).
+            try:
+                profile = schema.obj(item, "the profile", {"traits"})
+                traits, promoted = self.check_traits(store, profile.get("traits", {}))
+                if not promoted:
+                    raise bad_request("no trait is promoted to an identifier (idTypePromotion).")
+            except ApiError as exc:
+                raise ApiError(exc.status, f"profiles[{i}]: {exc.message}", code=exc.code) from None
             checked.append((traits, promoted))
         for traits, promoted in checked:
             self._upsert(store, traits, promoted)
