@@ -36,6 +36,10 @@ def _share(value: str) -> float:
     return _bounded(float, value, 0.0, 1.0)
 
 
+def _byte_count(value: str) -> int:
+    return int(_bounded(int, value, 1, None))
+
+
 def _bounded(
     kind: type[float] | type[int],
     value: str,
@@ -181,6 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="an import's upload URL expires after this (default 900)")  # fmt: skip
     emu.add_argument("--import-delay-ms", type=float, default=0.0,
                      help="an uploaded import stays PROCESSING at least this long")  # fmt: skip
+    emu.add_argument("--max-body-bytes", type=_byte_count, metavar="N",
+                     help="answer 413 to an API request body over N bytes, before auth "
+                     "and rate limit (default: no cap; never the import upload URL)")  # fmt: skip
     emu.add_argument("--random-seed", type=int, help="seed for every random decision")
     emu.add_argument("--state", type=Path, help="SQLite file that keeps state across restarts")
     emu.add_argument(
@@ -207,6 +214,7 @@ def _run_emulator(args: argparse.Namespace) -> int:
         write_lag_ms=args.write_lag_ms,
         upload_ttl_s=args.upload_ttl_s,
         import_delay_ms=args.import_delay_ms,
+        max_body_bytes=args.max_body_bytes,
         random_seed=args.random_seed,
         state=args.state,
         seed=args.seed,

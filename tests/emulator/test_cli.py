@@ -31,6 +31,7 @@ SWITCHES = [
     "--write-lag-ms",
     "--upload-ttl-s",
     "--import-delay-ms",
+    "--max-body-bytes",
     "--random-seed",
     "--state",
     "--seed",
@@ -142,6 +143,8 @@ def test_non_loopback_host_is_refused() -> None:
         (["--auth", ":secret"], "SID:SECRET"),
         (["--port", "http"], "--port"),
         (["--upload-ttl-s", "0"], "--upload-ttl-s"),
+        (["--max-body-bytes", "0"], "--max-body-bytes"),
+        (["--max-body-bytes", "1.5"], "--max-body-bytes"),
     ],
 )
 def test_bad_switch_values_exit_2(args: list[str], needle: str) -> None:
@@ -168,6 +171,18 @@ def test_inconsistent_switches_exit_2(args: list[str], needle: str) -> None:
     assert result.returncode == 2, result.stderr
     assert result.stderr.startswith("backfill: error:")
     assert needle in result.stderr
+
+
+def test_max_body_bytes_caps_request_bodies(spawn: list[subprocess.Popen[str]]) -> None:
+    """`--max-body-bytes N`: a /v1 body over N bytes is 413 with a Twilio error body."""
+    proc = start(spawn, "--port", "0", "--seed", str(SEED), "--max-body-bytes", "100")
+    match = READY.fullmatch(read_line(proc, timeout=20).rstrip("\n"))
+    assert match
+    bulk = f"http://127.0.0.1:{match.group(1)}/v1/Stores/{STORE}/Profiles/Bulk"
+    body = {"profiles": [{"traits": {"Contact": {"email": "x" * 100 + "@example.com"}}}]}
+    refused = httpx.put(bulk, json=body, auth=DEFAULT_AUTH, timeout=10)
+    assert refused.status_code == 413
+    assert refused.json()["code"] == 413
 
 
 def test_missing_seed_file_exits_2(tmp_path: Path) -> None:
