@@ -34,6 +34,7 @@ from hypothesis import strategies as st
 from starlette.requests import Request
 from starlette.responses import Response
 
+from backfill import checkpoint
 from backfill.emulator import EmulatorConfig, EmulatorServer
 from backfill.emulator import app as emulator_app
 from backfill.emulator import imports as emulator_imports
@@ -44,8 +45,10 @@ from backfill.emulator.storage import load_seed
 from backfill.pipeline import RunResult
 from backfill.pipeline import run as run_job
 from backfill.targets import memory_import
+from backfill.targets.memory_import import IMPORTED
 from backfill.transport import connection
 from backfill.transport.client import RetryPolicy
+from backfill.verify import landing
 from store_reads import profile_ids
 
 ROOT = Path(__file__).parents[1]
@@ -253,19 +256,38 @@ def test_a_row_the_store_refuses_fails_alone_with_its_file_and_row(tmp_path: Pat
         "COMPLETED", 5, 2, 0)  # fmt: skip
 
 
+UNNAMED = [person(i, tier="platinum" if i < 25 else "gold") for i in range(30)]
+
+
 def test_errors_beyond_the_details_stay_imported_and_are_counted(tmp_path: Path) -> None:
     """The store names 20 rows at most: the 21st to 25th bad rows cannot be told apart, so
-    their units stay `imported` (no outcome is invented) and the summary counts them."""
-    rows = [person(i, tier="platinum" if i < 25 else "gold") for i in range(30)]
+    the delivery keeps their units `imported` (no outcome is invented) and counts them."""
     with emulator() as emu:
-        job = write_job(tmp_path, emu.url, rows)
+        job = write_job(tmp_path, emu.url, UNNAMED, 'verify = "none"')
         result = run_job(job, quiet=True)
         kept = landed(emu.url, range(30))
-    assert kept == list(range(25, 30))  # what a read-back finds
+    assert kept == list(range(25, 30))
     got = units(tmp_path / "out")
     assert [u["outcome"] for u in got] == ["failed"] * 20 + ["imported"] * 10
     (file,) = files_of(result)
     assert (file["errors"], file["unnamed_errors"]) == (25, 5)
+
+
+def test_the_read_back_finds_the_rows_the_store_did_not_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What `run` reads back after the delivery catches the unnamed errors, once `imported`
+    counts as landed (checkpoint.LANDED, patched here as the change asked of that module)."""
+    monkeypatch.setattr(checkpoint, "LANDED", (*checkpoint.LANDED, IMPORTED))
+    defaults = landing.verify_landing.__kwdefaults__
+    assert defaults is not None
+    monkeypatch.setitem(defaults, "settle", 0.0)  # nothing the store may still be writing
+    with emulator() as emu:
+        result = run_job(write_job(tmp_path, emu.url, UNNAMED, 'verify = "all"'), quiet=True)
+    got = [u["outcome"] for u in units(tmp_path / "out")]
+    assert got == ["failed"] * 20 + ["verify_failed"] * 5 + ["imported"] * 5
+    assert result.summary["delivery"]["verify"]["failed"] == 5
+    assert [e["row"] for e in errors_csv(tmp_path / "out")] == [str(i) for i in range(1, 26)]
 
 
 # ------------------------------------------------------------------------------- resuming
