@@ -6,8 +6,10 @@ import is ``COMPLETED`` or ``FAILED``.
 The CSV has one column per trait the job maps (``Group.trait``, identifiers included), in job
 order; a trait a body does not carry is a blank cell, which the store leaves alone. Cells are
 written as the store parses them: NUMBER as a decimal number, BOOLEAN as ``true``/``false``,
-ARRAY as a JSON array, STRING as it is. Row ``i`` of a file is the ``i``-th unit written to it,
-which is how the store's per-row errors come back to units.
+ARRAY as a JSON array, STRING as it is (an empty string is a blank cell). A body no cell can
+carry (a NUL, which would fail the whole file) fails alone and is left out. Row ``i`` of a file
+is the ``i``-th unit written to it, which is how the store's per-row errors come back to units.
+Files live in ``<output>/imports/`` (owner-only), named by job, plan, batch and unit range.
 
 An import runs for minutes and a run may be killed at any line, so every step is journaled in
 the run file (``RunDB.note_batch``) before the next one starts, and a resumed batch (the same
@@ -22,7 +24,8 @@ units under the same ``Batch.id``) picks up where it stood:
   again;
 - ``registered``: the import ID and upload URL are known; the file is uploaded. A 409 means an
   earlier upload got through (polled); a 403 (the URL expired) or 404 registers again;
-- ``uploaded``: polled, with backoff, never uploaded again;
+- ``uploaded``: polled, with backoff; uploaded again only if the store still says PENDING
+  (it never got the file), registered again if it no longer knows the import (404);
 - ``finished``: the outcome is in the journal; the units' results are built from it.
 
 ``COMPLETED``: each unit ``imported``, except the rows ``summary.details`` names as errors,
