@@ -15,6 +15,10 @@ def delivery_for(job: Job, client: MemoryClient) -> Callable[[Run], Delivery]:
         from backfill.targets.memory_bulk import MemoryBulk
 
         return lambda run: MemoryBulk(job, client, run)
+    if job.send.mode == "import":
+        from backfill.targets.memory_import import MemoryImport
+
+        return lambda run: MemoryImport(job, client, run)
     from backfill.targets.memory_patch import MemoryPatch
 
     return lambda run: MemoryPatch(job, client, run)
