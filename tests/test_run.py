@@ -397,6 +397,7 @@ def test_sample_run_lands_exactly_the_expected_profiles(
         "updated": UPDATED,
         "created": 0,
         "upserted": 0,
+        "imported": 0,
         "profile_not_found": len(MISSING),
         "failed": 0,
         "verify_failed": 0,

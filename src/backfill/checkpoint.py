@@ -73,9 +73,9 @@ CREATE TABLE IF NOT EXISTS batches (  -- what a delivery must remember about a b
 
 PENDING, IN_FLIGHT, DONE, FAILED = "pending", "in_flight", "done", "failed"
 SKIPPED_UNCHANGED = "skipped_unchanged"  # outcome of a unit an incremental run did not send
-# Outcomes after which Memory holds (or has accepted) the unit's body; bulk's "upserted"
-# is proven by the read-back that follows it (``verify``).
-LANDED = ("updated", "created", "upserted")
+# Outcomes after which Memory holds (or has accepted) the unit's body; bulk's "upserted" and
+# import's "imported" are proven by the read-back that follows them (``verify``).
+LANDED = ("updated", "created", "upserted", "imported")
 
 # The incremental state (``[incremental] state``): one row per unit that landed, by store, with
 # the hash scheme its hashes were made under. It outlives runs; a run attaches it as ``inc``.
@@ -365,6 +365,11 @@ class RunDB:
         """What a delivery noted about ``batch`` (None: nothing yet)."""
         row = self._db.execute("SELECT state FROM batches WHERE id = ?", (batch,)).fetchone()
         return json.loads(row[0]) if row else None
+
+    def batch_states(self) -> dict[int, Any]:
+        """Every batch a delivery noted something about, by ID."""
+        rows = self._db.execute("SELECT id, state FROM batches ORDER BY id")
+        return {batch: json.loads(state) for batch, state in rows}
 
     def note_batch(self, batch: int, state: Any) -> None:
         """Keep ``state`` for ``batch``, durable before this returns (a kill -9 right after

@@ -705,6 +705,7 @@ def _deliver_and_report(
             "updated": after.get("outcome:updated", 0),
             "created": after.get("outcome:created", 0),
             "upserted": after.get("outcome:upserted", 0),
+            "imported": after.get("outcome:imported", 0),
             "profile_not_found": after.get("outcome:profile_not_found", 0),
             "failed": after.get("outcome:failed", 0),
             "verify_failed": after.get("outcome:verify_failed", 0),

@@ -331,6 +331,17 @@ def format_run(summary: dict[str, Any]) -> str:
         splits = n(delivery.get("split_requests", 0))
         batches = n(delivery.get("batches", 0))
         lines.append(f"| bulk batches | {batches} ({splits} split to find refused profiles) |")
+    if mode == "import":
+        files = delivery.get("files", [])
+        done = sum(1 for f in files if f.get("status") == "COMPLETED")
+        lines.append(f"| imported (the import completed) | {n(u.get('imported', 0))} |")
+        lines.append(f"| import files | {n(len(files))} ({n(done)} completed) |")
+        warnings = sum(int(f.get("warnings") or 0) for f in files)
+        unnamed = sum(int(f.get("unnamed_errors") or 0) for f in files)
+        lines.append(f"| rows the imports warned about | {n(warnings)} |")
+        if unnamed:
+            lines.append(f"| rows in error the imports did not name (left to the read-back) | "
+                         f"{n(unnamed)} |")  # fmt: skip
     if u.get("verify_failed"):
         lines.append(f"| read back not holding their latest rows | {n(u['verify_failed'])} |")
     lines += [

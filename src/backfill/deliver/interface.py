@@ -23,10 +23,12 @@ T = TypeVar("T")
 @dataclass(frozen=True)
 class Limits:
     """How many units one request may carry: ``units`` at most, and bodies summing to at most
-    ``body_bytes`` (a single unit above that still goes, alone)."""
+    ``body_bytes`` (a single unit above that still goes, alone); and how many batches may be in
+    flight at once, at most (``in_flight``, below ``send.concurrency`` where a batch is large)."""
 
     units: int = 1
     body_bytes: int = 1 << 62
+    in_flight: int | None = None
 
 
 @dataclass(frozen=True)

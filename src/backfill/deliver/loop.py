@@ -242,7 +242,8 @@ async def deliver(
         async with anyio.create_task_group() as outer:
             outer.start_soon(committer.run)
             async with anyio.create_task_group() as workers:
-                for _ in range(job.send.concurrency):
+                cap = target.limits.in_flight
+                for _ in range(min(job.send.concurrency, cap or job.send.concurrency)):
                     workers.start_soon(worker)
             committer.close()
     finally:

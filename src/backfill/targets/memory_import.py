@@ -73,6 +73,10 @@ MAX_FILE_BYTES = 100 * 1024 * 1024  # Memory API: fileSize of one import, at mos
 # body (no group or trait names), but an ARRAY cell doubles its quotes and a sparse row is all
 # commas, so the file's real size is checked after writing and a file over MAX_FILE_BYTES split.
 MAX_BODY_BYTES = 64 * 1024 * 1024
+# Files being written, uploaded or processed at once, whatever send.concurrency says: each holds
+# its units in memory (up to UNITS_PER_FILE bodies), and the store processes imports on its own
+# time, so more in flight adds memory more than speed.
+FILES_IN_FLIGHT: Final = 4
 POLL_FIRST_S = 1.0  # seconds before the second GET of an import, doubling up to POLL_CAP_S
 POLL_CAP_S = 30.0
 POLL_FAILURES: Final = 10  # failed GETs in a row (each after the client's retries) = give up
@@ -187,7 +191,7 @@ class MemoryImport:
         self.client = client
         self.checkpoint: Checkpoint | None = run.checkpoint
         self.clock: Clock = clock if clock is not None else SystemClock()
-        self.limits = Limits(units=UNITS_PER_FILE, body_bytes=MAX_BODY_BYTES)
+        self.limits = Limits(UNITS_PER_FILE, MAX_BODY_BYTES, in_flight=FILES_IN_FLIGHT)
         self.path = imports_path(job.connection.store_id)
         self.columns = [(t.group, t.trait) for t in job.traits]
         db = run.checkpoint.db.path if run.checkpoint is not None else None
@@ -601,9 +605,8 @@ def _results(units: Sequence[Unit], part: Part) -> list[Result]:
 
 def _journals(db: RunDB) -> dict[int, dict[str, Any]]:
     """Every batch journal of the run file (read in the checkpoint's thread)."""
-    found = {}
-    for batch in range(1, db.last_batch() + 1):
-        state = db.batch_state(batch)
-        if isinstance(state, dict) and "parts" in state:
-            found[batch] = state
-    return found
+    return {
+        batch: state
+        for batch, state in db.batch_states().items()
+        if isinstance(state, dict) and "parts" in state
+    }
