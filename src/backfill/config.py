@@ -255,20 +255,11 @@ def load_job(path: Path | str) -> Job:
     if send.store_resolves:
         _check_store_resolves(top, raw, identity, traits, send.mode)
     elif identity.on_unresolved == "create":
-        written = {t.column for t in traits}
-        for identifier in identity.identifiers:
-            if identifier.column not in written:
-                # A create is keyed on the person's first identifier: the profile it makes
-                # must carry that identifier, both for the store to accept it (a create needs
-                # a promoted trait) and for a create whose answer was lost to be found by
-                # Lookup instead of being sent twice.
-                raise top.error(
-                    "identity.on_unresolved",
-                    f'"create" needs every identifier written as a trait: map column '
-                    f"{identifier.column!r} (id_type {identifier.id_type}) to a trait the "
-                    f"store promotes, e.g. [traits.Contact] {_camel(identifier.id_type)} = "
-                    f'"{identifier.column}"',
-                )
+        # A create is keyed on the person's first identifier: the profile it makes must carry
+        # that identifier, both for the store to accept it (a create needs a promoted trait)
+        # and for a create whose answer was lost to be found by Lookup instead of being sent
+        # twice.
+        _identifiers_written(top, identity, traits, "identity.on_unresolved", '"create"')
     return Job(path, name, connection, source, identity, traits, send, out_dir, incremental)
 
 
@@ -303,15 +294,7 @@ def _check_store_resolves(
     if table.get("on_ambiguous") == "report":
         raise top.error("identity.on_ambiguous", f"{where}: the store merges the profiles an "
                         'identifier matches; remove the key, or use mode = "patch"')  # fmt: skip
-    written = {t.column for t in traits}
-    for identifier in identity.identifiers:
-        if identifier.column not in written:
-            raise top.error(
-                "send.mode",
-                f"{where} needs every identifier written as a trait the store promotes: map "
-                f"column {identifier.column!r} (id_type {identifier.id_type}), e.g. "
-                f'[traits.Contact] {_camel(identifier.id_type)} = "{identifier.column}"',
-            )
+    _identifiers_written(top, identity, traits, "send.mode", where)
     source = raw.get("source", {}) if isinstance(raw.get("source"), dict) else {}
     if source.get("nulls") == "delete":
         raise top.error("source.nulls", '"delete" needs mode = "patch": the Memory API documents '
@@ -330,6 +313,22 @@ def _check_store_resolves(
             f"{where} writes one CSV column per trait, and an import takes 2 to "
             f"{MAX_IMPORT_COLUMNS} columns; this job maps {len(traits)}",
         )
+
+
+def _identifiers_written(
+    top: _Reader, identity: Identity, traits: tuple[TraitMapping, ...], key: str, what: str
+) -> None:
+    """Refuse, naming ``key``, a job whose identifier columns are not all written as traits:
+    what creates and store-resolved bodies need, since the store finds people by them."""
+    written = {t.column for t in traits}
+    for identifier in identity.identifiers:
+        if identifier.column not in written:
+            raise top.error(
+                key,
+                f"{what} needs every identifier written as a trait the store promotes: map "
+                f"column {identifier.column!r} (id_type {identifier.id_type}), e.g. "
+                f'[traits.Contact] {_camel(identifier.id_type)} = "{identifier.column}"',
+            )
 
 
 def _camel(name: str) -> str:
