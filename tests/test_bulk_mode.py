@@ -36,8 +36,8 @@ from backfill.pipeline import run as run_job
 from backfill.reconcile import reconcile
 from backfill.verify import landing
 
-# The modes the oracle must hold for; "import" joins once its delivery is on main.
-MODES = ["patch", "bulk"]
+# The modes the oracle must hold for.
+MODES = ["patch", "bulk", "import"]
 # Modes known to break a claim, with the reason (each test says which claim).
 BAD_IDENTIFIER_CELL_BUG = {
     "patch": "patch sends an identifier cell that does not normalize as its trait "
@@ -203,6 +203,7 @@ LINKED_BY_PHONE = (
 NEW_PERSON_LINKED_BY_PHONE_BUG = {
     "patch": LINKED_BY_PHONE + "; the run exits 0",
     "bulk": LINKED_BY_PHONE + "; the read-back reports both rows verify_failed",
+    "import": LINKED_BY_PHONE + "; the read-back reports both rows verify_failed",
 }
 
 
