@@ -450,8 +450,10 @@ class RunDB:
             for target, message in messages.items():
                 cursor = self._db.execute(
                     "UPDATE units SET state = ?, outcome = ?, message = ?, status = NULL, "
-                    "code = NULL WHERE key > ? AND key < ?",
-                    (FAILED, outcome, message, target + "#", target + "$"),
+                    "code = NULL WHERE key > ? AND key < ? "
+                    # only <target>#<chunk>: a target may itself hold '#' (cust#42)
+                    "AND rtrim(substr(key, ?), '0123456789') = ''",
+                    (FAILED, outcome, message, target + "#", target + "$", len(target) + 2),
                 )
                 count += cursor.rowcount
         return count

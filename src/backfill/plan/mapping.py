@@ -390,24 +390,24 @@ def map_batch(job: Job, batch: pl.DataFrame) -> pl.DataFrame:
         problems.append(_problem(identifier.column, raw, flag, what))
     # What source could not read faithfully (bad bytes, a ragged line) is reported as well.
     problems.append(Problem(pl.col(PROBLEM).is_not_null(), pl.col(PROBLEM)))
-    work = batch.with_columns(exprs)
-    if job.send.store_resolves:
-        work = work.with_columns(_unsendable_identifiers(job, schema))
+    work = batch.with_columns(exprs).with_columns(_unsendable_identifiers(job, schema))
     return work.with_columns(*presents, _invalid(work, problems).alias(INVALID)).select(
         mapped_columns(job)
     )
 
 
 def _unsendable_identifiers(job: Job, schema: pl.Schema) -> list[pl.Expr]:
-    """Bulk and import: a trait that writes an identifier the row's cell fails to normalize
-    would make the store refuse the whole profile; the cell is reported (above) and the trait
-    left out, so the rest of the row still lands."""
+    """A trait that writes an identifier the row's cell fails to normalize would make the store
+    refuse the whole request (the trait is promoted: its value must be a valid identifier); the
+    cell is reported (``map_batch``'s identifier problem) and the trait left out, so the rest of
+    the row still lands. Rows with a profile ID are not judged, as there."""
     exprs = []
     for j, mapping in enumerate(job.traits):
         for k, identifier in enumerate(job.identity.identifiers):
             if identifier.column == mapping.column:
                 bad = (
-                    _filled(mapping.column, schema[mapping.column])
+                    pl.col(PID).is_null()
+                    & _filled(mapping.column, schema[mapping.column])
                     & pl.col(identifier_column(k)).is_null()
                 )
                 value = pl.col(value_column(j))

@@ -151,10 +151,11 @@ def _messages(checked_profiles: Path, checked_traits: Path) -> dict[str, tuple[s
 
 async def verify_landing(
     job: Job, client: MemoryClient, db: RunDB, out: Path, *, quiet: bool = True,
-    settle: float = SETTLE,
+    settle: float | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """Read back what the delivery landed (see the module docstring); the summary's
-    ``verify`` section."""
+    ``verify`` section. ``settle``: seconds to wait out write lag (default ``SETTLE``)."""
+    settle = SETTLE if settle is None else settle
     started = time.monotonic()
     landed = db.landed_targets()
     chosen = choose(landed, job.send.verify)
