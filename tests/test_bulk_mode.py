@@ -186,23 +186,11 @@ def test_the_extract_without_bad_cells_lands_exactly(tmp_path: Path, mode: str) 
     assert errors(tmp_path) == []
 
 
-LINKED_BY_PHONE = (
-    "a person the store does not hold yet, whose rows carry different first identifiers "
-    "linked by a phone in the extract (email+phone; phone only), is planned as two targets "
-    "keyed new:email and new:phone; the store makes them one profile, and the body sent last "
-    "(the phone-only row, whatever its updated_at) wins every trait they share"
-)
-NEW_PERSON_LINKED_BY_PHONE_BUG = {
-    "patch": LINKED_BY_PHONE + "; the run exits 0",
-    "bulk": LINKED_BY_PHONE + "; the read-back reports both rows verify_failed",
-    "import": LINKED_BY_PHONE + "; the read-back reports both rows verify_failed",
-}
-
-
-@pytest.mark.parametrize("mode", modes(NEW_PERSON_LINKED_BY_PHONE_BUG))
+@pytest.mark.parametrize("mode", modes({}))
 def test_a_new_person_linked_only_by_a_phone_in_the_extract(tmp_path: Path, mode: str) -> None:
-    """linked_in_store promises "the latest row wins" for rows that share an identifier value
-    in the extract; for a person nobody holds yet, Lookup has no answer to join them by."""
+    """Rows of a person nobody holds yet, keyed by different first identifiers that share a
+    phone in the extract, are planned as one person: the latest row wins (Lookup has no
+    answer to join them by; link_new_people does)."""
     extract = tmp_path / "extract.csv"
     extract.write_text(
         ",".join(oracle.HEADER) + "\n"

@@ -60,9 +60,11 @@ from backfill.plan.resolve import (
     LookupStats,
     cached_candidates,
     identity_map_candidates,
+    link_new_people,
     linked_in_store,
     lookup_candidates,
     open_pairs,
+    relink,
     resolve_in_store,
     resolve_parts,
 )
@@ -191,6 +193,8 @@ def build_plan(
                 ]
             )
             resolved = pl.scan_parquet(paths)
+        if resolving.identity.on_unresolved == "create":  # people to create, linked in the extract
+            resolved = relink(resolved, link_new_people(resolving, resolved))
         plan_path = folder / "plan.parquet"
         rows = mapped.select(pl.len()).collect().item()
         write_units(job, resolved, plan_path, rows, spill)

@@ -28,7 +28,14 @@ import polars as pl
 from backfill.checkpoint import RunDB
 from backfill.config import Job
 from backfill.errors import ConfigError
-from backfill.plan.mapping import PID, PROFILE_ID_PATTERN, identifier_column, normalize_column
+from backfill.plan.mapping import (
+    ORDER,
+    PID,
+    PROFILE_ID_PATTERN,
+    identifier_column,
+    normalize_column,
+)
+from backfill.plan.source import FILE, ROW
 
 if TYPE_CHECKING:
     from backfill.transport.client import MemoryClient, Reply
@@ -339,6 +346,134 @@ def linked_in_store(job: Job, mapped: pl.LazyFrame) -> pl.LazyFrame:
         .unique()
     )
     return shared
+
+
+LINK_ROUNDS = 64  # label-propagation rounds; a chain of people longer than this stays split
+
+
+def link_new_people(job: Job, resolved: pl.LazyFrame) -> pl.DataFrame:
+    """Where the rows of people to create (``new:`` targets) should go, given the identifier
+    values they share with other rows of the extract: ``TARGET`` -> new target, action, outcome.
+
+    The store resolves a create (or a bulk body) by its identifiers, so two ``new:`` keys that
+    share a value (row 1: email a and phone p; row 2: only phone p) end in one profile, where
+    the body applied last would win every trait both send. Planned as one person instead, the
+    latest row wins per trait, as for anyone else. Rows linked by such values form one group
+    (connected through shared values, found by label propagation):
+
+    - with exactly one existing profile in it (a row that resolved to profile P shares a value
+      with the new rows), the new rows go to P (outcome ``lookup``: their identifier led there);
+    - with none, one ``new:`` key: the group's highest-priority identifier type, with the value
+      of its latest row (so the body carries that very value, and Lookup finds the profile by
+      it after a lost create, or in the read-back);
+    - with several profiles, nothing changes (which profile is the store's to say).
+
+    Only values some new row holds are followed, so the work is bounded by the people to create.
+    """
+    ids = range(len(job.identity.identifiers))
+    id_types = [i.id_type for i in job.identity.identifiers]
+    keyed = resolved.filter(pl.col(TARGET).is_not_null()).select(
+        TARGET, ORDER, FILE, ROW, *(identifier_column(k) for k in ids)
+    )
+    values = [
+        keyed.select(
+            pl.col(TARGET), pl.lit(k, pl.UInt8).alias("k"),
+            pl.col(identifier_column(k)).alias("v"),
+        ).drop_nulls("v")
+        for k in ids
+    ]  # fmt: skip
+    link_columns = (TARGET, "__link_to", "__link_action", "__link_outcome")
+    empty = pl.DataFrame(schema=dict.fromkeys(link_columns, pl.String))
+    if not values:
+        return empty
+    pairs_all = pl.concat(values).unique()
+    new_values = pairs_all.filter(pl.col(TARGET).str.starts_with(NEW)).select("k", "v").unique()
+    pairs = pairs_all.join(new_values, on=["k", "v"], how="semi").collect()
+    if pairs.is_empty():
+        return empty
+    labels = pairs.select(pl.col(TARGET).unique()).with_columns(pl.col(TARGET).alias("__label"))
+    for _ in range(LINK_ROUNDS):
+        by_value = pairs.join(labels, on=TARGET).group_by("k", "v").agg(pl.col("__label").min())
+        spread = pairs.join(by_value, on=["k", "v"]).group_by(TARGET).agg(pl.col("__label").min())
+        moved = labels.join(spread, on=TARGET, suffix="_n").with_columns(
+            pl.min_horizontal("__label", "__label_n").alias("__label_n")
+        )
+        if moved.filter(pl.col("__label_n") != pl.col("__label")).is_empty():
+            break
+        labels = moved.select(TARGET, pl.col("__label_n").alias("__label"))
+    groups = labels.group_by("__label").agg(pl.col(TARGET))
+    linked = groups.filter(pl.col(TARGET).list.len() > 1).explode(TARGET)
+    if linked.is_empty():
+        return empty
+    is_new = pl.col(TARGET).str.starts_with(NEW)
+    profiles = (
+        linked.filter(~is_new).group_by("__label").agg(pl.col(TARGET).unique().alias("__profiles"))
+    )
+    # The key of a group with no profile: its best identifier type, the latest row's value.
+    rows = (
+        keyed.join(linked.lazy().filter(is_new), on=TARGET, how="inner")
+        .sort([ORDER, FILE, ROW], nulls_last=False)
+        .collect()
+    )
+    latest = pl.concat(
+        rows.filter(pl.col(identifier_column(k)).is_not_null())
+        .group_by("__label")
+        .agg(pl.col(identifier_column(k)).last().alias("v"))
+        .with_columns(pl.lit(k, pl.UInt8).alias("k"))
+        for k in ids
+    )
+    keys = (
+        latest.sort("k")
+        .group_by("__label", maintain_order=True)
+        .first()
+        .with_columns(
+            pl.concat_str(
+                pl.lit(NEW),
+                pl.col("k").replace_strict(list(ids), id_types, return_dtype=pl.String),
+                pl.lit(" "),
+                pl.col("v"),
+            ).alias("__key")
+        )
+        .select("__label", "__key")
+    )
+    return (
+        linked.filter(is_new)
+        .join(profiles, on="__label", how="left")
+        .join(keys, on="__label", how="left")
+        .filter(pl.col("__profiles").list.len().fill_null(0) <= 1)
+        .select(
+            pl.col(TARGET),
+            pl.coalesce(pl.col("__profiles").list.first(), pl.col("__key")).alias("__link_to"),
+            pl.when(pl.col("__profiles").list.len() == 1)
+            .then(pl.lit("patch"))
+            .otherwise(pl.lit("create"))
+            .alias("__link_action"),
+            pl.when(pl.col("__profiles").list.len() == 1)
+            .then(pl.lit(BY_LOOKUP))
+            .otherwise(pl.lit(UNRESOLVED))
+            .alias("__link_outcome"),
+        )
+        .filter(pl.col("__link_to") != pl.col(TARGET))
+    )
+
+
+def relink(resolved: pl.LazyFrame, links: pl.DataFrame) -> pl.LazyFrame:
+    """``resolved`` with the targets ``link_new_people`` moved."""
+    if links.is_empty():
+        return resolved
+    return (
+        resolved.join(links.lazy(), on=TARGET, how="left")
+        .with_columns(
+            pl.coalesce("__link_to", TARGET).alias(TARGET),
+            pl.coalesce("__link_action", ACTION).alias(ACTION),
+            pl.coalesce("__link_outcome", OUTCOME).alias(OUTCOME),
+            pl.when(pl.col("__link_outcome") == BY_LOOKUP)
+            .then(None)
+            .otherwise(REASON)
+            .alias(REASON),
+        )
+        .drop("__link_to", "__link_action", "__link_outcome")
+    )
 
 
 def resolve_in_store(job: Job, mapped: pl.LazyFrame) -> pl.LazyFrame:
