@@ -1,4 +1,4 @@
-"""The emulator's limiter shapes: on a fake time sequence and under hypothesis.
+"""The emulator's limiter shapes: on a fake time sequence, under hypothesis, and over HTTP.
 
 The limiters take the time as an argument, so most tests here are exact: a list of instants
 goes in, the admitted counts and waits come out. The HTTP tests check what the gate does with
@@ -7,17 +7,22 @@ them (the 429, its Retry-After rendering, the concurrency slots, the stats), nev
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import itertools
 import math
-from collections.abc import Iterable
+import re
+import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from backfill.emulator import EmulatorConfig, EmulatorServer
 from backfill.emulator.limits import (
     EPS,
     SHAPES,
@@ -461,3 +466,185 @@ def test_every_refusal_names_the_earliest_moment_that_works(
         early, on_time = copy.deepcopy(before), copy.deepcopy(before)
         assert not early.admit(t + verdict.retry_after - 1e-4, w).admitted
         assert on_time.admit(t + verdict.retry_after, w).admitted
+
+
+# ---------------------------------------------------------------------------------- HTTP
+
+
+def serve(**switches: Any) -> EmulatorServer:
+    return EmulatorServer(EmulatorConfig(seed=SEED, **switches))
+
+
+def limited(emu: EmulatorServer, api: httpx.Client, fill: int) -> httpx.Response:
+    """Use up ``fill`` requests of the limit, then return the refusal that follows."""
+    for _ in range(fill):
+        assert api.get(CP).status_code == 200
+    response = api.get(CP)
+    assert response.status_code == 429, response.text
+    body = response.json()
+    assert (body["code"], body["status"]) == (20429, 429)
+    return response
+
+
+HTTP_CASES = {  # switches, requests the limit admits at once, Retry-After pattern (None: absent)
+    "token-whole": ({"rate": 0.5, "burst": 1}, 1, r"2"),  # the default: whole seconds
+    "gcra-whole": ({"limiter": "gcra", "rate": 0.5, "burst": 2}, 2, r"2"),
+    "gcra-fraction": (
+        {"limiter": "gcra", "rate": 4, "burst": 1, "retry_after": "fraction"},
+        1,
+        r"0\.2[0-9][0-9]",
+    ),
+    "fixed-fraction": (
+        {"limiter": "fixed", "rate": 2, "window_s": 60, "retry_after": "fraction"},
+        120,
+        r"5[0-9]\.[0-9]{3}",  # the rest of the emulator's first minute
+    ),
+    "sliding-whole": ({"limiter": "sliding", "rate": 1, "window_s": 3}, 3, r"3"),
+    "sliding-none": (
+        {"limiter": "sliding", "rate": 1, "window_s": 3, "retry_after": "none"},
+        3,
+        None,
+    ),
+}
+
+
+@pytest.mark.parametrize(("switches", "fill", "header"), HTTP_CASES.values(), ids=HTTP_CASES.keys())
+def test_429_carries_retry_after_as_configured(
+    switches: dict[str, Any], fill: int, header: str | None
+) -> None:
+    """Each shape's 429 is code 20429, its Retry-After whole, fractional or absent."""
+    with serve(**switches) as emu, httpx.Client(base_url=emu.url, auth=emu.auth) as api:
+        response = limited(emu, api, fill)
+        value = response.headers.get("retry-after")
+        if header is None:
+            assert value is None
+            assert response.json()["message"] == "Too many requests."
+        else:
+            assert value is not None and re.fullmatch(header, value), value
+            assert "Retry-After" in response.json()["message"]
+        stats = emu.stats()
+        shape = switches.get("limiter", "token")
+        view = stats["limiter"]
+        assert (view["shape"], view["admitted"], view["refusedRequests"]) == (shape, fill, 1)
+        assert (view["used"], view["refused"]) == (fill, 1)
+        assert view["offered"] >= fill
+        assert stats["rateLimited"] == 1
+        assert "inFlightPeak" not in view
+
+
+def test_schedule_over_http_and_delete_restarts_it() -> None:
+    """'0:0.5': the limit is halved from the start, so the wait doubles; DELETE re-arms it."""
+    with (
+        serve(
+            limiter="gcra",
+            rate=2,
+            burst=1,
+            retry_after="fraction",
+            limit_schedule=((0.0, 0.5), (3600.0, 1.0)),
+        ) as emu,
+        httpx.Client(base_url=emu.url, auth=emu.auth) as api,
+    ):
+        wait = float(limited(emu, api, 1).headers["retry-after"])
+        assert 0.9 < wait <= 1.0  # 1 s at the halved 1/s, not 0.5 s at 2/s
+        assert emu.stats()["limiter"]["factor"] == 0.5
+        cleared = httpx.delete(emu.url + "/__emulator__/stats").json()["limiter"]
+        assert (cleared["admitted"], cleared["refusedRequests"], cleared["used"]) == (0, 0, 0)
+        assert cleared["factor"] == 0.5  # the step at 0 s is due again at once
+
+
+def test_stats_without_a_limit_say_so() -> None:
+    """No --rate, no limiter: ``limiter`` is null, and nothing is ever 429."""
+    with serve() as emu, httpx.Client(base_url=emu.url, auth=emu.auth) as api:
+        assert all(api.get(CP).status_code == 200 for _ in range(20))
+        assert emu.stats()["limiter"] is None
+
+
+async def _at_once(url: str, auth: tuple[str, str], count: int) -> list[httpx.Response]:
+    async with httpx.AsyncClient(base_url=url, auth=auth, timeout=30) as api:
+        return await asyncio.gather(*(api.get(CP) for _ in range(count)))
+
+
+def test_concurrency_limit_answers_429_beyond_n_in_flight() -> None:
+    """5 at once, N = 2, each held >= 0.5 s by latency: 2 answered 200, 3 are 429 without
+    Retry-After; then every slot is free again and the stats tell the peak."""
+    with serve(limiter="concurrency", max_in_flight=2, latency_ms=1000, random_seed=1) as emu:
+        responses = asyncio.run(_at_once(emu.url, emu.auth, 5))
+        statuses = sorted(r.status_code for r in responses)
+        assert statuses == [200, 200, 429, 429, 429]
+        for refused in (r for r in responses if r.status_code == 429):
+            assert refused.json() == {
+                "code": 20429,
+                "message": "Too many concurrent requests.",
+                "more_info": "https://www.twilio.com/docs/api/errors/20429",
+                "status": 429,
+            }
+            assert "retry-after" not in refused.headers
+        view = emu.stats()["limiter"]
+        assert view["shape"] == "concurrency"
+        assert (view["inFlight"], view["inFlightPeak"]) == (0, 2)
+        assert (view["admitted"], view["refusedRequests"]) == (2, 3)
+        assert view["used"] > 0 and view["offered"] > view["used"]
+
+
+def _sequential(emu: EmulatorServer, calls: list[Callable[[httpx.Client], Any]]) -> None:
+    """With N = 1, each call must leave its slot free: the next one is never a 429."""
+    with httpx.Client(base_url=emu.url, auth=emu.auth, timeout=10) as api:
+        for call in calls:
+            try:
+                response = call(api)
+            except httpx.TransportError:
+                continue  # a dropped or lost response: the slot must still come back
+            assert response.status_code != 429, response.text
+    view = emu.stats()["limiter"]
+    assert (view["inFlight"], view["refusedRequests"]) == (0, 0)
+
+
+def _patch(api: httpx.Client) -> httpx.Response:
+    return api.patch(f"{DP}/{A}", json={"traits": {"Contact": {"firstName": "Ada"}}})
+
+
+@pytest.mark.parametrize(
+    "switches",
+    [{"fault_rate": 1.0}, {"drop_rate": 1.0}, {"lost_response_rate": 1.0}, {"max_body_bytes": 10}],
+    ids=["500-503", "drop", "lost-response", "413"],
+)
+def test_concurrency_slot_comes_back_on_every_failure_path(switches: dict[str, Any]) -> None:
+    """Faults, drops, lost responses and 413s each end a request: its slot is released."""
+    with serve(limiter="concurrency", max_in_flight=1, random_seed=2, **switches) as emu:
+        _sequential(emu, [_patch] * 4)
+
+
+def test_concurrency_slot_comes_back_after_401_404_and_success() -> None:
+    """Refused by auth, by the API, or answered: the next request finds the slot free."""
+    with serve(limiter="concurrency", max_in_flight=1) as emu:
+        _sequential(
+            emu,
+            [
+                lambda api: api.get(CP, auth=("AC00000000000000000000000000000000", "wrong")),
+                lambda api: api.get("/v1/ControlPlane/Stores/mem_store_01jzzzz0000000000000000000"),
+                _patch,
+                lambda api: api.get(CP),
+            ],
+        )
+
+
+def test_concurrency_slot_comes_back_when_the_client_gives_up() -> None:
+    """A client that times out mid-request: the server ends the request and frees its slot."""
+    with serve(limiter="concurrency", max_in_flight=1, latency_ms=600, random_seed=3) as emu:
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.get(emu.url + CP, auth=emu.auth, timeout=0.05)
+        for _ in range(200):  # the server finishes its latency (<= 0.9 s) and lets go
+            if emu.stats()["limiter"]["inFlight"] == 0:
+                break
+            time.sleep(0.01)
+        assert emu.stats()["limiter"]["inFlight"] == 0
+        assert httpx.get(emu.url + CP, auth=emu.auth, timeout=10).status_code == 200
+
+
+def test_the_upload_url_takes_no_slot() -> None:
+    """The import upload URL stands for another service: no slot, so no 429 from it."""
+    with serve(limiter="concurrency", max_in_flight=1) as emu:
+        response = httpx.put(emu.url + "/__uploads__/nothing", content=b"x")
+        assert response.status_code == 404
+        view = emu.stats()["limiter"]
+        assert (view["admitted"], view["refusedRequests"]) == (0, 0)
