@@ -40,6 +40,15 @@ def _byte_count(value: str) -> int:
     return int(_bounded(int, value, 1, None))
 
 
+def _limit_schedule(value: str) -> tuple[tuple[float, float], ...]:
+    from backfill.emulator.config import parse_schedule
+
+    try:
+        return parse_schedule(value)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _bounded(
     kind: type[float] | type[int],
     value: str,
@@ -172,7 +181,22 @@ def build_parser() -> argparse.ArgumentParser:
                      help="the one accepted credential pair "
                      "(default AC00000000000000000000000000000000:emulator)")  # fmt: skip
     emu.add_argument("--rate", type=_rate, help="requests/second for the account; over it: 429")
-    emu.add_argument("--burst", type=int, help="bucket depth (default rate/10, at least 1)")
+    emu.add_argument("--limiter", choices=["token", "gcra", "fixed", "sliding", "concurrency"],
+                     help="the limit's shape (default token with --rate; concurrency takes "
+                     "--max-in-flight instead of --rate)")  # fmt: skip
+    emu.add_argument("--burst", type=int,
+                     help="token/gcra: bucket depth (default rate/10, at least 1)")  # fmt: skip
+    emu.add_argument("--window-s", type=_rate, metavar="SECONDS",
+                     help="fixed/sliding: window length; rate x window per window "
+                     "(default 1)")  # fmt: skip
+    emu.add_argument("--max-in-flight", type=_byte_count, metavar="N",
+                     help="concurrency: requests in flight at once; beyond it: 429")  # fmt: skip
+    emu.add_argument("--retry-after", choices=["whole", "fraction", "none"], default="whole",
+                     help="a 429's Retry-After: whole seconds (default, as Twilio), "
+                     "fractional seconds, or no header")  # fmt: skip
+    emu.add_argument("--limit-schedule", type=_limit_schedule, default=(), metavar="T:F,...",
+                     help="at T seconds after start (or a DELETE of the stats), the limit is "
+                     "F times the configured one, e.g. 20:0.5,40:1")  # fmt: skip
     emu.add_argument("--fault-rate", type=_share, default=0.0, help="share answered 500 or 503")
     emu.add_argument("--drop-rate", type=_share, default=0.0,
                      help="share whose connection is closed with no response")  # fmt: skip
@@ -207,6 +231,11 @@ def _run_emulator(args: argparse.Namespace) -> int:
         port=args.port,
         rate=args.rate,
         burst=args.burst,
+        limiter=args.limiter,
+        window_s=args.window_s,
+        max_in_flight=args.max_in_flight,
+        retry_after=args.retry_after,
+        limit_schedule=args.limit_schedule,
         fault_rate=args.fault_rate,
         drop_rate=args.drop_rate,
         lost_response_rate=args.lost_response_rate,

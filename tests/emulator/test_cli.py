@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import selectors
 import subprocess
@@ -13,6 +14,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from backfill.cli import build_parser
+from backfill.emulator.limits import RETRY_AFTER_STYLES, SHAPES
+
 SEED = Path(__file__).parents[1] / "data" / "emulator_seed.json"
 STORE = "mem_store_01jtest0000000000000000000"
 DEFAULT_AUTH = ("AC00000000000000000000000000000000", "emulator")
@@ -23,7 +27,12 @@ SWITCHES = [
     "--port",
     "--auth",
     "--rate",
+    "--limiter",
     "--burst",
+    "--window-s",
+    "--max-in-flight",
+    "--retry-after",
+    "--limit-schedule",
     "--fault-rate",
     "--drop-rate",
     "--lost-response-rate",
@@ -145,6 +154,13 @@ def test_non_loopback_host_is_refused() -> None:
         (["--upload-ttl-s", "0"], "--upload-ttl-s"),
         (["--max-body-bytes", "0"], "--max-body-bytes"),
         (["--max-body-bytes", "1.5"], "--max-body-bytes"),
+        (["--limiter", "leaky"], "--limiter"),
+        (["--retry-after", "sometimes"], "--retry-after"),
+        (["--window-s", "0"], "--window-s"),
+        (["--max-in-flight", "0"], "--max-in-flight"),
+        (["--limit-schedule", "20"], "SECONDS:FACTOR"),
+        (["--limit-schedule", "20:0"], "factor must be a positive number"),
+        (["--limit-schedule", "40:1,20:0.5"], "must increase"),
     ],
 )
 def test_bad_switch_values_exit_2(args: list[str], needle: str) -> None:
@@ -163,6 +179,14 @@ def test_bad_switch_values_exit_2(args: list[str], needle: str) -> None:
         (["--port", "70000"], "port"),
         (["--latency-ms", "-5"], "latency-ms"),
         (["--import-delay-ms", "-5"], "import-delay-ms"),
+        (["--limiter", "gcra"], "limiter gcra needs --rate"),
+        (["--limiter", "concurrency"], "needs --max-in-flight"),
+        (["--max-in-flight", "4"], "max-in-flight needs --limiter concurrency"),
+        (["--limiter", "concurrency", "--max-in-flight", "2", "--rate", "5"], "drop --rate"),
+        (["--limiter", "fixed", "--rate", "5", "--burst", "2"], "burst applies to"),
+        (["--rate", "5", "--window-s", "2"], "window-s applies to"),
+        (["--limiter", "sliding", "--rate", "0.5"], "at least one request"),
+        (["--limit-schedule", "20:0.5"], "limit-schedule needs a limit"),
     ],
 )
 def test_inconsistent_switches_exit_2(args: list[str], needle: str) -> None:
@@ -183,6 +207,61 @@ def test_max_body_bytes_caps_request_bodies(spawn: list[subprocess.Popen[str]]) 
     refused = httpx.put(bulk, json=body, auth=DEFAULT_AUTH, timeout=10)
     assert refused.status_code == 413
     assert refused.json()["code"] == 413
+
+
+def test_limiter_switches_shape_the_429(spawn: list[subprocess.Popen[str]]) -> None:
+    """`--limiter sliding --rate 1 --window-s 4 --limit-schedule 0:0.5,3600:1 --retry-after
+    fraction`: the window holds 4 x 0.5 = 2 requests, then a 429 with a fractional wait."""
+    proc = start(spawn, "--port", "0", "--seed", str(SEED), "--limiter", "sliding", "--rate", "1",
+                 "--window-s", "4", "--limit-schedule", "0:0.5,3600:1",
+                 "--retry-after", "fraction")  # fmt: skip
+    match = READY.fullmatch(read_line(proc, timeout=20).rstrip("\n"))
+    assert match
+    url = f"http://127.0.0.1:{match.group(1)}"
+    with httpx.Client(base_url=url, auth=DEFAULT_AUTH, timeout=10) as api:
+        assert [api.get("/v1/ControlPlane/Stores").status_code for _ in range(2)] == [200, 200]
+        refused = api.get("/v1/ControlPlane/Stores")
+    assert refused.status_code == 429
+    assert refused.json()["code"] == 20429
+    assert re.fullmatch(r"[0-9]\.[0-9]{3}", refused.headers["retry-after"])
+    assert 3.0 < float(refused.headers["retry-after"]) <= 4.0
+    view = httpx.get(url + "/__emulator__/stats", timeout=10).json()["limiter"]
+    assert (view["shape"], view["factor"], view["admitted"], view["refusedRequests"]) == (
+        "sliding", 0.5, 2, 1)  # fmt: skip
+
+
+def test_max_in_flight_limits_concurrent_requests(spawn: list[subprocess.Popen[str]]) -> None:
+    """`--limiter concurrency --max-in-flight 1 --retry-after none`, each request held >= 0.4 s
+    by `--latency-ms 800`: of two sent at once, one is answered and one is 429 with no wait."""
+    proc = start(spawn, "--port", "0", "--seed", str(SEED), "--limiter", "concurrency",
+                 "--max-in-flight", "1", "--latency-ms", "800", "--retry-after", "none",
+                 "--random-seed", "1")  # fmt: skip
+    match = READY.fullmatch(read_line(proc, timeout=20).rstrip("\n"))
+    assert match
+    url = f"http://127.0.0.1:{match.group(1)}"
+
+    async def two() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=url, auth=DEFAULT_AUTH, timeout=10) as api:
+            return await asyncio.gather(*(api.get("/v1/ControlPlane/Stores") for _ in range(2)))
+
+    responses = asyncio.run(two())
+    assert sorted(r.status_code for r in responses) == [200, 429]
+    assert all("retry-after" not in r.headers for r in responses)
+    view = httpx.get(url + "/__emulator__/stats", timeout=10).json()["limiter"]
+    assert (view["shape"], view["inFlight"], view["inFlightPeak"]) == ("concurrency", 0, 1)
+
+
+def test_limiter_choices_are_the_shapes_the_emulator_has() -> None:
+    """The CLI lists its choices literally (it imports lazily); they must match the library's."""
+    parser = build_parser()
+    emulator = next(
+        action.choices["emulator"]
+        for action in parser._actions
+        if isinstance(action.choices, dict) and "emulator" in action.choices
+    )
+    choices = {action.dest: action.choices for action in emulator._actions}
+    assert tuple(choices["limiter"]) == SHAPES
+    assert tuple(choices["retry_after"]) == RETRY_AFTER_STYLES
 
 
 def test_missing_seed_file_exits_2(tmp_path: Path) -> None:

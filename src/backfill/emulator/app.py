@@ -1,12 +1,15 @@
 """The emulator's HTTP face: Starlette routes over ``state.Account``, behind one ASGI gate.
 
 The gate (``Gate``) sees every request first, in this order: added latency, the body size cap
-(413, as a gateway in front of the API would refuse it), basic auth (401), the account's token
-bucket (429 + Retry-After), then the drawn fault (500/503, or the connection closed with no
-response). Only then does the request reach a route, so a faulted request changes no state -
+(413, as a gateway in front of the API would refuse it), basic auth (401), the account's limit
+(429, shaped as ``limits`` offers), then the drawn fault (500/503, or the connection closed with
+no response). Only then does the request reach a route, so a faulted request changes no state -
 except a lost response, which is applied and then dropped. Stats are counted there too. Every
 ``/v1`` route passes the same gate: ``PUT /Profiles/Bulk`` and the import endpoints are
-throttled, faulted, dropped and delayed exactly as a PATCH is.
+throttled, faulted, dropped and delayed exactly as a PATCH is. A concurrency limit counts a
+request from its arrival to its answer, so it takes its slot before the latency (which stands
+for the server's work) and gives it back however the request ends; its refusal is answered
+where a rate limit's is, after auth.
 
 An import's upload URL (``/__uploads__/<token>``) stands for a storage service's pre-signed URL
 (S3-style), not for Twilio's API: Twilio's auth, the account's rate limit and the body size cap
@@ -36,8 +39,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from backfill.emulator import imports, schema
 from backfill.emulator.apierror import ApiError, bad_request
 from backfill.emulator.config import EmulatorConfig
-from backfill.emulator.faults import Fault, FaultPlan, Stats
+from backfill.emulator.faults import AccountLimit, Fault, FaultPlan, Stats
 from backfill.emulator.ids import IdMinter
+from backfill.emulator.limits import Verdict
 from backfill.emulator.state import Account, Redirect, Store, check_if_match, etag, paginate
 from backfill.emulator.storage import SqliteStorage, load_seed
 
@@ -87,9 +91,14 @@ class Emulator:
             self.account.dirty.clear()
 
     async def _stats(self, request: Request) -> Response:
+        limit = self.faults.limit
         if request.method == "DELETE":
             self.stats.reset()
-        return respond(200, self.stats.snapshot())
+            if limit is not None:
+                limit.reset()
+        body = self.stats.snapshot()
+        body["limiter"] = limit.snapshot() if limit is not None else None
+        return respond(200, body)
 
     def close(self) -> None:
         if self.storage is not None:
@@ -162,6 +171,30 @@ class Gate:
         if not (path.startswith("/v1/") or upload):
             await self.app(scope, receive, send)
             return
+        limit = None if upload else self.emulator.faults.limit
+        if limit is None or not limit.holds_slots:
+            await self._pass(scope, receive, send, upload, limit, None)
+            return
+        # A concurrency limit: the request holds a slot from its arrival (so added latency,
+        # standing for the server's work, keeps it in flight) until its answer is sent, or it
+        # ends any other way: 401, 413, 429, fault, drop, lost response, crash, cancellation.
+        verdict = limit.admit()
+        try:
+            await self._pass(scope, receive, send, upload, limit, verdict)
+        finally:
+            if verdict.admitted:
+                limit.release()
+
+    async def _pass(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        upload: bool,
+        limit: AccountLimit | None,
+        verdict: Verdict | None,
+    ) -> None:
+        """Everything after the gate's first look; ``verdict`` is a concurrency limit's."""
         emulator = self.emulator
         stats, faults = emulator.stats, emulator.faults
         op = self._operation(scope)
@@ -170,27 +203,26 @@ class Gate:
             if delay:
                 stats.delay(op, delay)
                 await asyncio.sleep(delay)
-        limit = emulator.config.max_body_bytes
-        if limit is not None and not upload:
-            whole = await _body_within(scope, receive, limit)
+        cap = emulator.config.max_body_bytes
+        if cap is not None and not upload:
+            whole = await _body_within(scope, receive, cap)
             if whole is None:
                 stats.record(op, "413")
                 await _send_error(send, ApiError(
-                    413, f"The request body is larger than {limit} bytes."))  # fmt: skip
+                    413, f"The request body is larger than {cap} bytes."))  # fmt: skip
                 return
             receive = whole
         if not upload and not self._authorized(scope):
             stats.record(op, "401")
             await _send_error(send, UNAUTHORIZED)
             return
-        if not upload and faults.bucket is not None:
-            wait = faults.bucket.take()
-            if wait:
+        if limit is not None:
+            if verdict is None:
+                verdict = limit.admit()
+            if not verdict.admitted:
                 stats.rate_limited += 1
                 stats.record(op, "429")
-                await _send_error(send, ApiError(
-                    429, "Too many requests. Please retry according to the Retry-After header.",
-                    headers={"Retry-After": str(wait)}))  # fmt: skip
+                await _send_error(send, _too_many(limit, verdict))
                 return
         fault = faults.draw(scope["method"] != "GET" and op not in READS)
         if fault in (Fault.ERROR_500, Fault.ERROR_503):
@@ -249,6 +281,18 @@ class Gate:
             if match is Match.FULL:
                 return getattr(route, "name", None) or "unknown"
         return "unknown"
+
+
+def _too_many(limit: AccountLimit, verdict: Verdict) -> ApiError:
+    """429, code 20429: Twilio uses it for a rate and for too many concurrent requests."""
+    headers = limit.headers(verdict)
+    if limit.holds_slots:
+        message = "Too many concurrent requests."
+    elif headers:
+        message = "Too many requests. Please retry according to the Retry-After header."
+    else:
+        message = "Too many requests."
+    return ApiError(429, message, headers=headers)
 
 
 async def _body_within(scope: Scope, receive: Receive, limit: int) -> Receive | None:

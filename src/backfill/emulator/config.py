@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from backfill.emulator.limits import (
+    RETRY_AFTER_STYLES,
+    SHAPES,
+    RetryAfterStyle,
+    Shape,
+    Step,
+    check_schedule,
+)
 from backfill.errors import ConfigError
 from backfill.transport.throttle import default_burst
+
+BURST_SHAPES: tuple[Shape, ...] = ("token", "gcra")
+WINDOW_SHAPES: tuple[Shape, ...] = ("fixed", "sliding")
 
 DEFAULT_ACCOUNT_SID = "AC00000000000000000000000000000000"
 DEFAULT_AUTH_SECRET = "emulator"  # noqa: S105 - the documented, public credential of the local emulator
@@ -20,6 +32,10 @@ class EmulatorConfig:
     (none is published): a larger ``/v1`` body is answered 413 before auth, rate limit or faults,
     so a client's split of a too-large bulk batch can be tested. The import upload URL stands for
     a storage service with its own limit (an import's ``fileSize``), so the cap leaves it alone.
+
+    The account's limit is one shape (``limiter``; see ``limits``): a rate shape needs ``rate``,
+    ``concurrency`` needs ``max_in_flight`` and takes no rate. ``limiter=None`` is the token
+    bucket when ``rate`` is set, else no limit - the emulator's behaviour before it had shapes.
     """
 
     host: str = "127.0.0.1"
@@ -27,7 +43,12 @@ class EmulatorConfig:
     username: str = DEFAULT_ACCOUNT_SID
     password: str = DEFAULT_AUTH_SECRET
     rate: float | None = None  # requests/second for the whole account; None = unlimited
-    burst: int | None = None  # bucket depth; defaults to max(1, rate / 10)
+    burst: int | None = None  # bucket depth (token, gcra); defaults to max(1, rate / 10)
+    limiter: Shape | None = None  # None: "token" with a rate, no limit without
+    window_s: float | None = None  # window length (fixed, sliding); defaults to 1 s
+    max_in_flight: int | None = None  # the concurrency limiter's N
+    retry_after: RetryAfterStyle = "whole"  # how a 429's Retry-After is written
+    limit_schedule: tuple[Step, ...] = ()  # (seconds after start, factor of the limit)
     fault_rate: float = 0.0  # share answered 500 or 503, with no state change
     drop_rate: float = 0.0  # share whose connection is closed with no response
     lost_response_rate: float = 0.0  # share of writes applied, then the response lost
@@ -58,13 +79,88 @@ class EmulatorConfig:
             raise ConfigError(f"rate must be positive, got {self.rate}")
         if self.burst is not None and (self.burst < 1 or self.rate is None):
             raise ConfigError("burst must be at least 1 and needs --rate")
+        self._check_limiter()
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port must be between 0 and 65535, got {self.port}")
         if not self.username or not self.password:
             raise ConfigError("auth must be SID:SECRET with both parts non-empty")
+
+    def _check_limiter(self) -> None:
+        shape = self.limiter
+        if shape is not None and shape not in SHAPES:
+            raise ConfigError(f"limiter must be one of {', '.join(SHAPES)}, got {shape!r}")
+        if self.retry_after not in RETRY_AFTER_STYLES:
+            raise ConfigError(
+                f"retry-after must be one of {', '.join(RETRY_AFTER_STYLES)}, "
+                f"got {self.retry_after!r}"
+            )
+        if shape == "concurrency":
+            if self.max_in_flight is None:
+                raise ConfigError("limiter concurrency needs --max-in-flight N")
+            if self.rate is not None:
+                raise ConfigError("limiter concurrency limits requests in flight, not a rate: "
+                                  "drop --rate (or choose a rate limiter)")  # fmt: skip
+        elif shape is not None and self.rate is None:
+            raise ConfigError(f"limiter {shape} needs --rate")
+        if self.max_in_flight is not None:
+            if shape != "concurrency":
+                raise ConfigError("max-in-flight needs --limiter concurrency")
+            if isinstance(self.max_in_flight, bool) or self.max_in_flight < 1:
+                raise ConfigError(f"max-in-flight must be at least 1, got {self.max_in_flight}")
+        if self.burst is not None and self.effective_limiter not in BURST_SHAPES:
+            raise ConfigError(f"burst applies to the token and gcra limiters, not {shape}; "
+                              "a window's limit is rate x window-s")  # fmt: skip
+        if self.window_s is not None:
+            if self.effective_limiter not in WINDOW_SHAPES:
+                raise ConfigError(f"window-s applies to the fixed and sliding limiters, not "
+                                  f"{self.effective_limiter or 'no limiter'}")  # fmt: skip
+            if not (math.isfinite(self.window_s) and self.window_s > 0):
+                raise ConfigError(f"window-s must be positive, got {self.window_s}")
+        if self.effective_limiter in WINDOW_SHAPES and self.rate is not None:
+            limit = self.rate * self.effective_window_s
+            if limit < 1:
+                raise ConfigError(f"rate x window-s is {limit:g}: a window must allow at least "
+                                  "one request")  # fmt: skip
+        if self.limit_schedule:
+            if self.effective_limiter is None:
+                raise ConfigError("limit-schedule needs a limit: --rate or --limiter concurrency")
+            try:
+                check_schedule(self.limit_schedule)
+            except ValueError as exc:
+                raise ConfigError(f"limit-schedule: {exc}") from None
+
+    @property
+    def effective_limiter(self) -> Shape | None:
+        """The shape served: None when the account is unlimited."""
+        if self.limiter is not None:
+            return self.limiter
+        return "token" if self.rate is not None else None
+
+    @property
+    def effective_window_s(self) -> float:
+        return self.window_s if self.window_s is not None else 1.0
 
     @property
     def effective_burst(self) -> int:
         if self.rate is None:
             return 0
         return self.burst if self.burst is not None else default_burst(self.rate)
+
+
+def parse_schedule(text: str) -> tuple[Step, ...]:
+    """``"20:0.5,40:1"``: at 20 s after start the limit halves, at 40 s it is whole again."""
+    steps: list[Step] = []
+    for part in text.split(","):
+        at, sep, factor = part.strip().partition(":")
+        try:
+            if not sep:
+                raise ValueError
+            steps.append((float(at), float(factor)))
+        except ValueError:
+            raise ConfigError(
+                f"limit-schedule: expected SECONDS:FACTOR[,SECONDS:FACTOR...], got {part.strip()!r}"
+            ) from None
+    try:
+        return check_schedule(steps)
+    except ValueError as exc:
+        raise ConfigError(f"limit-schedule: {exc}") from None

@@ -7,14 +7,23 @@ force its path; with a fixed ``random_seed`` the sequence of decisions repeats.
 from __future__ import annotations
 
 import enum
-import math
 import random
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from backfill.emulator.config import EmulatorConfig
+from backfill.emulator.limits import (
+    Limiter,
+    RetryAfterStyle,
+    Scheduled,
+    Step,
+    TokenBucket,
+    Verdict,
+    make_limiter,
+    render_retry_after,
+)
 
 
 class Fault(enum.Enum):
@@ -27,25 +36,99 @@ class Fault(enum.Enum):
     LOST_RESPONSE = "lostResponse"  # apply the write, then close the connection
 
 
-class AccountBucket:
-    """Token bucket for the whole account: ``rate`` tokens a second, at most ``burst`` saved."""
+class AccountLimit:
+    """The account's limiter (any shape in ``limits``) on the emulator's clock, with its
+    schedule and how its 429s write ``Retry-After``: what the gate asks, what stats show.
 
-    def __init__(self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic):
-        self._rate = rate
-        self._burst = float(burst)
-        self._tokens = float(burst)
-        self._clock = clock
-        self._last = clock()
+    The schedule's clock starts with the emulator and again at each ``reset`` (``DELETE
+    /__emulator__/stats``), so a benchmark that clears the stats before it starts measuring
+    meets the limit changes at the seconds it asked for.
+    """
+
+    def __init__(
+        self,
+        limiter: Limiter,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        schedule: Sequence[Step] = (),
+        retry_after: RetryAfterStyle = "whole",
+    ) -> None:
+        self.clock = clock
+        self.limiter = Scheduled(limiter, schedule, start=clock())
+        self.retry_after: RetryAfterStyle = retry_after
+        # A concurrency limit holds a slot from arrival until the response is sent; a rate
+        # limit decides once, after authentication.
+        self.holds_slots = limiter.shape == "concurrency"
+        self.limiter.reset_counters(clock())
+
+    def admit(self) -> Verdict:
+        return self.limiter.admit(self.clock())
+
+    def release(self) -> None:
+        self.limiter.release(self.clock())
+
+    def headers(self, verdict: Verdict) -> dict[str, str]:
+        """The 429's headers: ``Retry-After`` rendered here, at the HTTP edge, from the float."""
+        value = render_retry_after(verdict.retry_after, self.retry_after)
+        return {} if value is None else {"Retry-After": value}
 
     def take(self) -> int:
-        """0 when a token was taken, else the whole seconds to wait (Retry-After, at least 1)."""
-        now = self._clock()
-        self._tokens = min(self._burst, self._tokens + (now - self._last) * self._rate)
-        self._last = now
-        if self._tokens >= 1.0:
-            self._tokens -= 1.0
+        """0 when admitted, else Retry-After in whole seconds (the interface AccountBucket had)."""
+        verdict = self.admit()
+        if verdict.admitted:
             return 0
-        return max(1, math.ceil((1.0 - self._tokens) / self._rate))
+        return int(render_retry_after(verdict.retry_after, "whole") or 1)
+
+    def reset(self) -> None:
+        """Counters afresh and the schedule from its start; the limiter's state stays."""
+        now = self.clock()
+        self.limiter.restart(now)
+        self.limiter.reset_counters(now)
+
+    def snapshot(self) -> dict[str, Any]:
+        view = self.limiter.view(self.clock())
+        data: dict[str, Any] = {
+            "shape": view.shape,
+            "seconds": view.seconds,
+            "factor": view.factor,
+            "offered": view.offered,
+            "used": view.used,
+            "refused": view.refused,
+            "admitted": view.admitted,
+            "refusedRequests": view.refused_requests,
+        }
+        if view.in_flight is not None:
+            data["inFlight"] = view.in_flight
+            data["inFlightPeak"] = view.in_flight_peak
+        return data
+
+
+class AccountBucket(AccountLimit):
+    """The token bucket the emulator always had: ``rate`` a second, at most ``burst`` saved.
+
+    Kept by name because tests put one on a virtual clock (``faults.bucket = AccountBucket(...,
+    clock=...)``) to drive the real emulator in simulated time.
+    """
+
+    def __init__(self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic):
+        super().__init__(TokenBucket(rate, burst, start=clock()), clock=clock)
+
+
+def account_limit(config: EmulatorConfig) -> AccountLimit | None:
+    """The limit ``config`` asks for, on the wall clock; None when the account is unlimited."""
+    shape = config.effective_limiter
+    if shape is None:
+        return None
+    now = time.monotonic()
+    limiter = make_limiter(
+        shape,
+        rate=config.rate,
+        burst=config.effective_burst if shape in ("token", "gcra") else None,
+        window_s=config.effective_window_s,
+        max_in_flight=config.max_in_flight,
+        start=now,
+    )
+    return AccountLimit(limiter, schedule=config.limit_schedule, retry_after=config.retry_after)
 
 
 class FaultPlan:
@@ -54,12 +137,19 @@ class FaultPlan:
     def __init__(self, config: EmulatorConfig) -> None:
         self._rng = random.Random(config.random_seed)
         self._config = config
-        self.bucket = (
-            AccountBucket(config.rate, config.effective_burst) if config.rate is not None else None
-        )
+        self.limit = account_limit(config)
         self.active = bool(
             config.fault_rate or config.drop_rate or config.lost_response_rate or config.latency_ms
         )
+
+    @property
+    def bucket(self) -> AccountLimit | None:
+        """The account's limit under its old name (tests swap in one on a virtual clock)."""
+        return self.limit
+
+    @bucket.setter
+    def bucket(self, limit: AccountLimit | None) -> None:
+        self.limit = limit
 
     def latency(self) -> float:
         """Seconds to sleep before answering: latency_ms with +-50% jitter."""
