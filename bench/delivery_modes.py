@@ -5,38 +5,49 @@ first name and two Loyalty traits (``points`` NUMBER, ``tier``); the emulator's 
 knows every third person (``i % 3 == 0``: same email and phone, other trait values), the rest are
 new. The job maps email and phone to the ``Contact`` traits the store promotes, so the same job
 runs in both modes (``[send] mode``); in PATCH mode it asks Lookup (``lookup = true``) and creates
-the people nobody knows (``on_unresolved = "create"``); bulk asks nothing and upserts.
+the people nobody knows (``on_unresolved = "create"``); bulk asks nothing and upserts. Every job
+runs at ``[send] concurrency`` = ``--concurrency`` (4).
 
 1. **Rate-limited.** The emulator at ``--rate 10 --burst 1``, the job at ``rate = 10``,
    ``adaptive = true``. ``python -m backfill run JOB --quiet`` runs as a subprocess pinned to the
    client core (the emulator on the other), once in PATCH mode over the first ``--patch-people``
-   people (default 150: two lookups and one write each, ~45 s at 10 requests/s) and once in bulk
-   mode over ``--bulk-people`` (100,000: 100 batches of 1,000); each run on a fresh emulator
-   started from the seed with ``--state``, the two alternated ``--repeat`` times. Afterwards the
-   emulator is started again on that state with no limit and the store is read back (every
-   profile listed and fetched): **landed** = the extract's people whose profile holds every trait
-   the extract gives them (a profile per person; duplicates and stale ones are counted apart).
-   Reported: landed per second end to end (process start to exit: planning, lookups included) and
-   over the delivery stage (``seconds`` in summary.json), the server's requests by operation,
-   its 429 share, and the ratio bulk / PATCH (target >= 500x end to end; bulk 429s < 1 %).
+   people (120: two lookups and one write each, ~50 s at 10 requests/s) and once in bulk mode
+   over ``--bulk-people`` (100,000: 100 batches of 1,000); each run on a fresh emulator started
+   from the seed with ``--state``, the two alternated ``--repeat`` times. Afterwards the emulator
+   is started again on that state with no limit and the store is read back (every profile listed
+   and fetched): **landed** = the extract's people whose one profile holds every trait the
+   extract gives them (people with two profiles, a stale one, or none are counted apart).
+   Reported: landed per second end to end (process start to exit: planning and its lookups
+   included) and over the delivery stage (``seconds`` in summary.json), the server's requests by
+   operation, its 429 share, its CPU, and the ratio bulk / PATCH (target >= 500x end to end;
+   bulk 429s < 1 %).
 2. **Unlimited.** No limit, job ``rate = 1000000``, bulk, ``--unlimited-people`` (100,000), in
    this process: the plan is built first (``pipeline.build_plan``, not measured), then
-   ``pipeline.deliver_planned`` - ``run``'s delivery path, the one ``reconcile --fix`` uses -
-   is timed with ``time.process_time()`` (every thread of the process: the event loop and the
-   checkpoint's). ``deliver_planned`` also loads the plan into the checkpoint
-   (``RunDB.replace_units``), which ``run`` does at the end of planning, so that step's CPU is
-   measured alone on a scratch checkpoint and subtracted: **delivery CPU per profile** (target
-   <= 20 us). The store is read back as above. Next to it, the emulator's own ceiling for bulk
-   bodies: the plan's bodies, 1,000 to a request, ``PUT`` by a minimal aiohttp client at
-   concurrency 1 and 4 (server 202 count x profiles / wall), each on a fresh emulator.
-3. If the CPU target is missed, one more delivery runs under cProfile (the event loop's thread)
-   and the functions with the most own time are printed (``--profile always|never`` overrides).
+   ``pipeline.deliver_planned`` - ``run``'s delivery path (``_deliver_and_report``), the one
+   ``reconcile --fix`` uses - is timed with ``time.process_time()`` (every thread: the event
+   loop's, which is this one, and the checkpoint's; ``time.thread_time()`` splits them).
+   ``deliver_planned`` first loads the plan into the checkpoint (``RunDB.replace_units``), which
+   ``run`` does at the end of planning, so that step's CPU is measured alone on a scratch
+   checkpoint and subtracted: **delivery CPU per profile** (target <= 20 us). The store is read
+   back as above. Next to it, the emulator's own ceiling for bulk bodies: the plan's bodies, 1,000
+   to a request, ``PUT`` by a minimal aiohttp client at concurrency 1 and 4 (server 202 count x
+   profiles / wall), each on a fresh emulator from the seed, in memory and with ``--state`` (as
+   the rate-limited runs keep it).
+3. If the CPU target is missed, one more delivery runs under cProfile, CPU time per thread (the
+   event loop's, and the checkpoint's by wrapping ``AsyncDB._serve`` for that run), and the
+   functions with the most own time are printed (``--profile always|never`` overrides).
+
+``--scenarios paced`` (not in the default set) asks where bulk's 429s come from: on a fresh
+emulator at ``--rate 10 --burst 1`` (in memory, then with ``--state``), ``--paced-requests``
+Lookups and then as many bulk requests are started every 110 ms, 10 % under the limit, whatever
+the answers (an open loop: the arrivals of an ideal client bucket), and the 429s are counted.
 
 ::
 
-    python bench/delivery_modes.py                       # both scenarios, --repeat 2 (~6 min)
-    python bench/delivery_modes.py --scenarios unlimited --repeat 3
-    python bench/delivery_modes.py --scenarios limited --patch-people 300 --bulk-people 200000
+    python bench/delivery_modes.py                       # both scenarios, --repeat 2 (~8 min)
+    python bench/delivery_modes.py --scenarios limited --concurrency 1
+    python bench/delivery_modes.py --scenarios unlimited --repeat 3 --profile never
+    python bench/delivery_modes.py --scenarios paced                      # ~45 s
 
 Targets are reported, not enforced (a benchmark, not a timed test). Exits 1 if a run's counts are
 wrong (``run`` did not exit 0, or fewer people landed than the extract holds), 2 if the benchmark
@@ -64,13 +75,21 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final, Literal
+from unittest import mock
 
 import aiohttp
 import httpx
+import polars as pl
 from common import Process, child_env, pct, run_process
 from emulator_patch import PASSWORD, TIERS, USERNAME, BenchError, process_cpu, stats
 from plan_throughput import machine
 from transport import emulator, pin
+
+from backfill.checkpoint import RunDB, RunLock
+from backfill.config import Job, load_job
+from backfill.deliver.loop import AsyncDB
+from backfill.pipeline import RunResult, build_plan, deliver_planned
+from backfill.report import PlanSummary
 
 STORE_ID: Final = "mem_store_01jmodebench00000000000000"
 KNOWN_EVERY: Final = 3  # the seed knows person i when i % 3 == 0
@@ -78,14 +97,14 @@ BATCH: Final = 1_000  # profiles per bulk request (memory_bulk.MAX_PROFILES)
 RATIO_TARGET: Final = 500.0  # bulk / PATCH, landed profiles per second
 SHARE_429_TARGET: Final = 0.01  # bulk, under
 CPU_TARGET_US: Final = 20.0  # delivery CPU per profile, at most
-READ_CONCURRENCY: Final = (
-    64  # requests in flight while reading the store back (latency-bound below)
-)
+# Reading the store back is latency-bound: 8 GETs in flight kept both cores under half busy.
+READ_CONCURRENCY: Final = 64
 AUTH: Final = {
     "Authorization": "Basic " + base64.b64encode(f"{USERNAME}:{PASSWORD}".encode()).decode()
 }
 
 Mode = Literal["patch", "bulk"]
+SCENARIOS: Final = ("limited", "unlimited", "paced")
 
 JOB: Final = """\
 name = "{name}"
@@ -176,10 +195,9 @@ def write_extract(path: Path, people: int) -> None:
             out.writerow([p.email, p.phone, p.first_name, p.points, p.tier])
 
 
-def write_seed(path: Path, people: int) -> int:
+def write_seed(path: Path, people: int) -> None:
     """The store (email and phone identity, the out-of-the-box Contact group, a Loyalty group)
-    and a profile for every ``KNOWN_EVERY``-th person, holding other values than the extract's;
-    returns how many profiles."""
+    and a profile for every ``KNOWN_EVERY``-th person, holding other values than the extract's."""
     loyalty = {
         "displayName": "Loyalty",
         "description": "Loyalty programme.",
@@ -203,7 +221,6 @@ def write_seed(path: Path, people: int) -> int:
         "profiles": profiles,
     }
     path.write_text(json.dumps({"stores": [store]}), encoding="utf-8")
-    return len(profiles)
 
 
 @dataclass(frozen=True)
@@ -211,17 +228,15 @@ class Data:
     extract: Path
     seed: Path
     people: int
-    seeded: int  # profiles in the seed
 
 
 def make_data(work: Path, people: int) -> Data:
     """The extract of the first ``people`` people and its seed (made once per size)."""
     extract, seed = work / f"extract-{people}.csv", work / f"seed-{people}.json"
-    meta = work / f"seed-{people}.count"
-    if not (extract.is_file() and meta.is_file()):
+    if not (extract.is_file() and seed.is_file()):
         write_extract(extract, people)
-        meta.write_text(str(write_seed(seed, people)), encoding="ascii")
-    return Data(extract, seed, people, int(meta.read_text(encoding="ascii")))
+        write_seed(seed, people)
+    return Data(extract, seed, people)
 
 
 def write_job(
@@ -503,19 +518,15 @@ def set_credentials() -> None:
 
 @dataclass(frozen=True)
 class Planned:
-    job: Any  # backfill.config.Job
+    job: Job
     out: Path
-    summary: Any  # backfill.report.PlanSummary
+    summary: PlanSummary
     sources: list[str]
     load_cpu: float  # RunDB.replace_units of this plan into a scratch checkpoint, CPU s
 
 
 def plan_unlimited(work: Path, name: str, url: str, data: Data, concurrency: int) -> Planned:
     """Plan the unlimited job (not measured), and measure loading its units into a checkpoint."""
-    from backfill.checkpoint import RunDB
-    from backfill.config import load_job
-    from backfill.pipeline import build_plan
-
     job_path = work / f"{name}.toml"
     out = write_job(job_path, name, url, data, "bulk", 1_000_000, concurrency)
     job = load_job(job_path)
@@ -567,7 +578,7 @@ class Unlimited:
 
 @dataclass(frozen=True)
 class Timed:
-    result: Any  # backfill.pipeline.RunResult
+    result: RunResult
     cpu: float  # the process: every thread
     thread_cpu: float  # the calling thread, which runs the event loop
     wall: float
@@ -575,9 +586,6 @@ class Timed:
 
 def deliver_timed(planned: Planned, profile: cProfile.Profile | None = None) -> Timed:
     """``deliver_planned`` under the job's run lock, timed."""
-    from backfill.checkpoint import RunLock
-    from backfill.pipeline import deliver_planned
-
     meta = asdict(planned.summary)
     with RunLock(planned.out, "run"):
         cpu0, thread0, wall0 = time.process_time(), time.thread_time(), time.perf_counter()
@@ -630,8 +638,6 @@ class Ceiling:
 def plan_bodies(planned: Planned) -> list[tuple[bytes, int]]:
     """The plan's unit bodies, ``BATCH`` to a ``{"profiles": [...]}`` request, in plan order:
     what the bulk delivery sends, built before the clock starts."""
-    import polars as pl
-
     bodies = pl.read_parquet(planned.out / "plan.parquet", columns=["body"])["body"].to_list()
     return [
         (b'{"profiles":[' + ",".join(bodies[k : k + BATCH]).encode() + b"]}",
@@ -687,22 +693,42 @@ def ceiling(
 
 
 def profile_delivery(args: argparse.Namespace, work: Path, http: httpx.Client, data: Data) -> None:
-    """One more delivery under cProfile (the event loop's thread): where its CPU goes."""
-    profile = cProfile.Profile(time.thread_time)  # CPU, not wall: waiting on the server is free
-    with emulator(data.seed, args.server_cpu, work / "profiled.log") as (_, url):
+    """One more delivery under cProfile, CPU time per thread: the calling thread (the event
+    loop's) and the checkpoint's (``AsyncDB``'s worker thread, profiled by wrapping its loop
+    for this run only)."""
+    loop = cProfile.Profile(time.thread_time)  # CPU, not wall: waiting on the server is free
+    checkpoint = cProfile.Profile(time.thread_time)
+    serve = AsyncDB._serve
+
+    def profiled_serve(self: AsyncDB) -> None:
+        checkpoint.enable()
+        try:
+            serve(self)
+        finally:
+            checkpoint.disable()
+
+    with (
+        emulator(data.seed, args.server_cpu, work / "profiled.log") as (_, url),
+        mock.patch.object(AsyncDB, "_serve", profiled_serve),
+    ):
         planned = plan_unlimited(work, "profiled", url, data, args.concurrency)
-        t = deliver_timed(planned, profile)
-    text = io.StringIO()
-    report = pstats.Stats(profile, stream=text)
-    report.sort_stats("tottime").print_stats(args.profile_lines)
-    report.sort_stats("cumulative").print_stats(args.profile_lines)
+        t = deliver_timed(planned, loop)
     print(
-        f"\n3. cProfile of one delivery, CPU time of the calling thread (event loop, "
-        f"replace_units, reports): {t.thread_cpu:.2f} s under the profiler; the process "
-        f"{t.cpu:.2f} s, so other threads (the checkpoint's) {t.cpu - t.thread_cpu:.2f} s, not "
-        f"profiled; wall {t.wall:.2f} s"
+        f"\n3. cProfile of one delivery ({planned.summary.requests:,} profiles; CPU under the "
+        f"profilers {t.cpu:.2f} s, of it the calling thread {t.thread_cpu:.2f} s; wall "
+        f"{t.wall:.2f} s)"
     )
-    print(text.getvalue())
+    for title, profile, order in (
+        ("the calling thread (event loop; replace_units and reports before and after)", loop,
+         "tottime"),
+        ("the calling thread, cumulative", loop, "cumulative"),
+        ("the checkpoint thread (AsyncDB)", checkpoint, "tottime"),
+    ):  # fmt: skip
+        text = io.StringIO()
+        pstats.Stats(profile, stream=text).sort_stats(order).print_stats(args.profile_lines)
+        body = text.getvalue().strip().splitlines()
+        print(f"\n{title}, by {order}:")
+        print("\n".join(line for line in body if line.strip()))
 
 
 def unlimited_runs(args: argparse.Namespace, work: Path, http: httpx.Client) -> list[str]:
@@ -789,6 +815,76 @@ def report_unlimited(
     return median_us
 
 
+# ------------------------------------------------------------------ paced (diagnostic)
+
+
+def bulk_request(start: int) -> bytes:
+    """``BATCH`` people from ``start`` as one bulk body, as the plan writes them."""
+    profiles = []
+    for i in range(start, start + BATCH):
+        p = person(i)
+        contact = {"email": p.email, "phone": p.phone, "firstName": p.first_name}
+        profiles.append({"traits": {"Contact": contact, "Loyalty": {"points": p.points,
+                                                                     "tier": p.tier}}})  # fmt: skip
+    return json.dumps({"profiles": profiles}, separators=(",", ":")).encode()
+
+
+async def _paced(url: str, kind: str, count: int, interval: float) -> Counter[str]:
+    """``count`` requests started every ``interval`` s whatever the answers (an open loop):
+    the arrivals a perfect client bucket makes, with no client-side queueing."""
+    bodies = [bulk_request(k * BATCH) for k in range(count)] if kind == "bulk" else []
+    statuses: Counter[str] = Counter()
+    async with aiohttp.ClientSession(
+        base_url=url, headers={**AUTH, "Content-Type": "application/json"}
+    ) as session:
+
+        async def one(k: int) -> None:
+            if kind == "bulk":
+                request = session.put(f"/v1/Stores/{STORE_ID}/Profiles/Bulk", data=bodies[k])
+            else:
+                lookup = {"idType": "email", "value": person(k).email}
+                request = session.post(f"/v1/Stores/{STORE_ID}/Profiles/Lookup", json=lookup)
+            async with request as response:
+                await response.read()
+                statuses[str(response.status)] += 1
+
+        started, tasks = time.perf_counter(), []
+        for k in range(count):
+            await asyncio.sleep(max(0.0, started + k * interval - time.perf_counter()))
+            tasks.append(asyncio.create_task(one(k)))
+        await asyncio.gather(*tasks)
+    return statuses
+
+
+def paced_runs(args: argparse.Namespace, work: Path, http: httpx.Client) -> list[str]:
+    """Where bulk's 429s come from: requests paced just under the emulator's limit, small
+    (Lookup) and bulk, on a fresh limited emulator each, in memory and with --state."""
+    data = make_data(work, args.paced_requests * BATCH)
+    interval = 1.1 / args.emulator_rate  # 10 % under the limit
+    print(
+        f"\nPaced: {args.paced_requests} requests started every {1000 * interval:.0f} ms "
+        f"(open loop) against --rate {args.emulator_rate:g} --burst 1"
+    )
+    print("| emulator | requests | answered 429 | share | emulator CPU s |")
+    print("|---|---|---:|---:|---:|")
+    for state in (False, True):
+        for kind in ("lookup", "bulk"):
+            name = f"paced-{kind}{'-state' if state else ''}"
+            extra = ["--rate", f"{args.emulator_rate:g}", "--burst", "1"]
+            extra += ["--state", str(work / f"{name}.sqlite")] if state else []
+            with emulator(data.seed, args.server_cpu, work / f"{name}.log", extra) as (proc, url):
+                time.sleep(1.5)  # the bucket full, the start-up's work done
+                cpu0 = process_cpu(proc.pid)
+                got = asyncio.run(_paced(url, kind, args.paced_requests, interval))
+                cpu = process_cpu(proc.pid) - cpu0
+            n = sum(got.values())
+            print(
+                f"| {'--state' if state else 'in memory'} | {kind} | {got['429']} | "
+                f"{pct(got['429'] / n)} | {cpu:.1f} |"
+            )
+    return []
+
+
 # ------------------------------------------------------------------ main
 
 
@@ -807,6 +903,8 @@ def bench(args: argparse.Namespace, work: Path) -> int:
             bad += limited_runs(args, work, http)
         if "unlimited" in args.scenarios:
             bad += unlimited_runs(args, work, http)
+        if "paced" in args.scenarios:
+            bad += paced_runs(args, work, http)
     took = (datetime.now(UTC) - started).total_seconds()
     print(f"\nfinished in {took:.0f} s")
     if bad:
@@ -818,7 +916,8 @@ def bench(args: argparse.Namespace, work: Path) -> int:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     add = parser.add_argument
-    add("--scenarios", default="limited,unlimited", help="limited, unlimited or both (both)")
+    add("--scenarios", default="limited,unlimited",
+        help="any of limited, unlimited, paced (limited,unlimited)")  # fmt: skip
     add("--repeat", type=int, default=2, help="runs of each side (2)")
     add("--patch-people", type=int, default=120, help="PATCH extract, rate-limited (120)")
     add("--bulk-people", type=int, default=100_000, help="bulk extract, rate-limited (100000)")
@@ -829,18 +928,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--profile", choices=("auto", "always", "never"), default="auto",
         help="cProfile one more delivery: when the CPU target is missed (auto)")  # fmt: skip
     add("--profile-lines", type=int, default=25, help="functions listed per ordering (25)")
+    add("--paced-requests", type=int, default=60, help="requests of each kind, paced (60)")
     add("--server-cpu", type=int, default=0, help="core for the emulator (0)")
     add("--client-cpu", type=int, default=1, help="core for the clients and this script (1)")
     args = parser.parse_args(argv)
     args.scenarios = [s.strip() for s in str(args.scenarios).split(",") if s.strip()]
-    if not args.scenarios or any(s not in ("limited", "unlimited") for s in args.scenarios):
-        parser.error("--scenarios takes limited, unlimited or both")
+    if not args.scenarios or any(s not in SCENARIOS for s in args.scenarios):
+        parser.error(f"--scenarios takes a comma-separated subset of {', '.join(SCENARIOS)}")
     try:
         args.ceiling_concurrency = [int(c) for c in str(args.ceiling_concurrency).split(",") if c]
     except ValueError:
         parser.error("--ceiling-concurrency takes comma-separated whole numbers")
     numbers = (args.repeat, args.patch_people, args.bulk_people, args.unlimited_people,
-               args.concurrency, *args.ceiling_concurrency)  # fmt: skip
+               args.concurrency, args.paced_requests, *args.ceiling_concurrency)  # fmt: skip
     if min(numbers) < 1 or not args.emulator_rate > 0:
         parser.error("counts, concurrency levels and --emulator-rate must be positive")
     if args.server_cpu == args.client_cpu:
