@@ -81,7 +81,16 @@ import aiohttp
 import httpx
 import polars as pl
 from common import Process, child_env, pct, run_process
-from emulator_patch import PASSWORD, TIERS, USERNAME, BenchError, process_cpu, stats
+from emulator_patch import (
+    CLOCK_TICKS,
+    PASSWORD,
+    TIERS,
+    USERNAME,
+    BenchError,
+    core_times,
+    process_cpu,
+    stats,
+)
 from plan_throughput import machine
 from transport import emulator, pin
 
@@ -477,8 +486,10 @@ def report_limited(done: Sequence[Limited], args: argparse.Namespace) -> None:
             f"  repeat {r.repeat} {r.mode}: requests sent {s['requests']['sent']:,}, "
             f"throttled {s['requests']['throttled']}, retries {s['requests']['retries']}; "
             f"rate.final {s['rate']['final']:g}, plan {s['plan'].get('seconds', 0):.1f} s "
-            f"(lookups asked {s['plan'].get('lookups_asked', 0):,}); read back "
-            f"{r.landed.profiles:,} profiles in {r.landed.seconds:.1f} s"
+            f"(lookups asked {s['plan'].get('lookups_asked', 0):,}); cores busy (emulator's / "
+            f"client's, anyone's work) {r.process.core_busy[0]:.0%} / "
+            f"{r.process.core_busy[1]:.0%}; read back {r.landed.profiles:,} profiles in "
+            f"{r.landed.seconds:.1f} s"
         )
     by_rep: dict[int, dict[str, Limited]] = {}
     for r in done:
@@ -553,6 +564,7 @@ class Unlimited:
     summary: dict[str, Any]
     server: dict[str, Any]
     emulator_cpu: float  # over deliver_planned
+    core_busy: tuple[float, float]  # the emulator's core, this one's: anyone's work
     landed: Landed
 
     @property
@@ -584,6 +596,11 @@ class Timed:
     wall: float
 
 
+def core_busy(args: argparse.Namespace) -> tuple[int, int]:
+    """Busy jiffies so far of the emulator's core and the client's."""
+    return core_times(args.server_cpu)[0], core_times(args.client_cpu)[0]
+
+
 def deliver_timed(planned: Planned, profile: cProfile.Profile | None = None) -> Timed:
     """``deliver_planned`` under the job's run lock, timed."""
     meta = asdict(planned.summary)
@@ -609,14 +626,16 @@ def unlimited_run(
     with emulator(data.seed, args.server_cpu, work / f"{name}.log") as (proc, url):
         planned = plan_unlimited(work, name, url, data, args.concurrency)
         stats(http, url, reset=True)
-        emulator0 = process_cpu(proc.pid)
+        emulator0, busy0 = process_cpu(proc.pid), core_busy(args)
         t = deliver_timed(planned)
         emulator_cpu = process_cpu(proc.pid) - emulator0
+        busy1 = core_busy(args)
         server = stats(http, url)
         landed = read_back(url, data.people)
     done = Unlimited(rep, data.people, planned.summary.requests, t.cpu, t.thread_cpu,
                      planned.load_cpu, t.wall, t.result.summary, server, emulator_cpu,
-                     landed)  # fmt: skip
+                     ((busy1[0] - busy0[0]) / CLOCK_TICKS / t.wall,
+                      (busy1[1] - busy0[1]) / CLOCK_TICKS / t.wall), landed)  # fmt: skip
     return done, planned
 
 
@@ -772,9 +791,10 @@ def report_unlimited(
     print(
         "| repeat | units | landed | stale / dup. / missing | server bulk 202 | not 202 "
         "| deliver_planned CPU s (loop thread / others) | replace_units CPU s "
-        "| **delivery CPU us/profile** | delivery s | **landed/s** | emulator CPU (of wall) |"
+        "| **delivery CPU us/profile** | delivery s | **landed/s** | emulator CPU (of wall) "
+        "| cores busy |"
     )
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for u in done:
         ok = int(u.server["byOperation"].get("profiles.bulk", {}).get("202", 0))
         land = u.landed
@@ -783,7 +803,8 @@ def report_unlimited(
             f"{land.stale} / {land.duplicates} / {land.missing} | {ok} | "
             f"{int(u.server['requests']) - ok} | {u.cpu:.2f} ({u.loop_cpu:.2f} / "
             f"{u.cpu - u.loop_cpu:.2f}) | {u.load_cpu:.2f} | **{u.us_per_profile:.1f}** | "
-            f"{u.delivery:.2f} | **{u.landed_rate:,.0f}** | {u.emulator_cpu / u.wall:.0%} |"
+            f"{u.delivery:.2f} | **{u.landed_rate:,.0f}** | {u.emulator_cpu / u.wall:.0%} | "
+            f"{u.core_busy[0]:.0%} / {u.core_busy[1]:.0%} |"
         )
     print("\nthe emulator's ceiling for the same bodies (minimal aiohttp client, fresh emulator)")
     print(
