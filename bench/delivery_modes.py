@@ -759,7 +759,8 @@ def unlimited_runs(args: argparse.Namespace, work: Path, http: httpx.Client) -> 
         done.append(u)
         print(
             f"  unlimited repeat {rep}: {u.us_per_profile:.1f} us CPU/profile, "
-            f"{u.landed_rate:,.0f} landed/s, exit {u.summary['exit_code']}",
+            f"{u.landed_rate:,.0f} landed/s, exit {u.summary['exit_code']}; read back "
+            f"{u.landed.profiles:,} profiles in {u.landed.seconds:.1f} s",
             flush=True,
         )
     batches = plan_bodies(planned)
