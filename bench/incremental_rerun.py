@@ -60,10 +60,9 @@ from typing import Any, Final, Literal
 
 import httpx
 import polars as pl
+from common import child_env
 from emulator_patch import (
     CLOCK_TICKS,
-    PASSWORD,
-    USERNAME,
     BenchError,
     core_times,
     process_cpu,
@@ -292,13 +291,6 @@ def machine_load(before: list[int], after: list[int], ours: float) -> tuple[floa
         return 0.0, 0.0
     busy = sum(delta[i] for i in (0, 1, 2, 5, 6)) / CLOCK_TICKS
     return max(0.0, busy - ours) * CLOCK_TICKS / total, delta[7] / total
-
-
-def child_env() -> dict[str, str]:
-    """This environment with the emulator's credentials as the only TWILIO_* variables."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TWILIO_")}
-    env.update(TWILIO_ACCOUNT_SID=USERNAME, TWILIO_AUTH_TOKEN=PASSWORD)
-    return env
 
 
 def timed(cmd: list[str], log: Path, timeout: float) -> tuple[int, float, float]:

@@ -44,9 +44,7 @@ import argparse
 import csv
 import json
 import os
-import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -57,14 +55,11 @@ from pathlib import Path
 from typing import Any, Final
 
 import httpx
+from common import Process, pct, run_process
 from emulator_patch import (
-    CLOCK_TICKS,
-    PASSWORD,
     STORE_ID,
     TIERS,
-    USERNAME,
     BenchError,
-    core_times,
     profile_id,
     smoke_test,
     stats,
@@ -198,16 +193,6 @@ TWILIO_SIDES: Final = {"twilio": "per-thread", "twilio-shared": "shared"}
 
 
 @dataclass(frozen=True)
-class Process:
-    """A finished client process: its wall and CPU time, and how busy both cores were."""
-
-    done: subprocess.CompletedProcess[str]
-    wall: float  # start to exit
-    cpu: float  # user + system
-    core_busy: tuple[float, float]  # the emulator's core, the client's core: anyone's work
-
-
-@dataclass(frozen=True)
 class Outcome:
     scenario: str
     repeat: int
@@ -236,29 +221,6 @@ class Outcome:
     @property
     def consistent(self) -> bool:
         return self.server_202 == self.rows
-
-
-def child_env() -> dict[str, str]:
-    """This environment with the emulator's credentials as the only TWILIO_* variables."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TWILIO_")}
-    env.update(TWILIO_ACCOUNT_SID=USERNAME, TWILIO_AUTH_TOKEN=PASSWORD)
-    return env
-
-
-def run_process(cmd: list[str], cwd: Path, cores: tuple[int, int]) -> Process:
-    """Run ``cmd`` to its end, measuring it (its CPU from the children's rusage)."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    busy0 = [core_times(c)[0] for c in cores]
-    t0 = time.perf_counter()
-    done = subprocess.run(
-        cmd, capture_output=True, text=True, check=False, env=child_env(), cwd=cwd, timeout=3600
-    )
-    wall = time.perf_counter() - t0
-    busy1 = [core_times(c)[0] for c in cores]
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    busy = ((busy1[0] - busy0[0]) / CLOCK_TICKS / wall, (busy1[1] - busy0[1]) / CLOCK_TICKS / wall)
-    return Process(done, wall, cpu, busy)
 
 
 def run_backfill(
@@ -345,10 +307,6 @@ def twilio_worker(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------ reporting
-
-
-def pct(x: float) -> str:
-    return f"{x:.2%}"
 
 
 def report_limited(outcomes: Sequence[Outcome], args: argparse.Namespace) -> None:
