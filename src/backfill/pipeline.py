@@ -601,16 +601,28 @@ def deliver_planned(
     with RunDB(folder / RUN_FILE) as db:
         db.replace_units(folder / "plan.parquet")
         db.set_meta(plan=plan_meta, sources=sources, hash_scheme=HASH_SCHEME)
-        return _deliver_and_report(job, db, folder, 0, quiet, remember=False, fresh=True)
+        return _deliver_and_report(
+            job, db, folder, 0, quiet, remember=False, fresh=True, read_back=False
+        )
 
 
 def _deliver_and_report(
-    job: Job, db: RunDB, out: Path, resumed: int, quiet: bool, *, remember: bool, fresh: bool
+    job: Job,
+    db: RunDB,
+    out: Path,
+    resumed: int,
+    quiet: bool,
+    *,
+    remember: bool,
+    fresh: bool,
+    read_back: bool = True,
 ) -> RunResult:
     """Deliver the checkpoint's pending units and write the reports. ``remember``: copy what
     landed into the job's incremental state (not for partial bodies such as reconcile's).
     ``fresh``: a new plan, whose report is written even when it sends nothing; otherwise a
-    resume or retry with nothing left to send leaves the last report as it is."""
+    resume or retry with nothing left to send leaves the last report as it is. ``read_back``:
+    prove a bulk or import delivery by reading it back (``verify``); not for another command's
+    partial plan, which has no values to compare with."""
     from backfill.deliver.loop import deliver
     from backfill.targets import delivery_for
     from backfill.targets.memory_schema import check
@@ -661,7 +673,12 @@ def _deliver_and_report(
                 # trait would refuse every such unit one by one; this stops with the diff.
                 await check(job, client)
                 await send_all(client)
-                if not interrupted and job.send.store_resolves and job.send.verify != "none":
+                if (
+                    read_back
+                    and not interrupted
+                    and job.send.store_resolves
+                    and job.send.verify != "none"
+                ):
                     said["verify"] = await verify_landing(job, client, db, out, quiet=quiet)
             return client.stats, bucket.rate
 
