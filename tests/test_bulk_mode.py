@@ -660,7 +660,7 @@ def test_a_failed_read_back_fails_that_persons_units_only(tmp_path: Path) -> Non
     one person must not fail another whose key starts with theirs and a '#'."""
     with RunDB(tmp_path / "run.sqlite") as db:
         db.replace_units(_planned(tmp_path, ["new:user_id cust#0", "new:user_id cust#42#0"]))
-        db.record([], [(1, 1), (2, 1)])
+        db.record([], [(1, [1, 2])])
         db.record([Result(seq, DONE, "upserted", 202, None, None, 1, None) for seq in (1, 2)], [])
         assert db.landed_targets() == ["new:user_id cust", "new:user_id cust#42"]
         assert db.fail_targets("verify_failed", {"new:user_id cust": "read back: differs"}) == 1

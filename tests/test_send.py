@@ -36,7 +36,6 @@ def anyio_backend() -> str:
 
 
 def job_with(concurrency: int = 4) -> Any:
-    from dataclasses import replace
 
     job = load_job(JOB)
     connection = replace(job.connection, store_id=STORE)
@@ -255,7 +254,7 @@ async def test_a_checkpoint_that_cannot_be_written_stops_delivery(tmp_path: Path
     class Full(RunDB):
         calls = 0
 
-        def record(self, results: list[Result], claims: list[tuple[int, int]]) -> None:
+        def record(self, results: list[Result], claims: list[tuple[int, list[int]]]) -> None:
             Full.calls += 1
             if Full.calls == 3:
                 raise BackfillError("database or disk is full")
@@ -402,7 +401,7 @@ async def test_a_create_claimed_before_asks_lookup_first() -> None:
         seen.append(f"{request.method} {request.url.path.rsplit('/', 1)[1]}")
         return httpx.Response(503, json={"code": 20503, "message": "Service Unavailable"})
 
-    result, _ = await send_one(handler, replace(CREATE, claims=1))
+    result, _ = await send_one(handler, CREATE._replace(claims=1))
     assert seen == ["POST Lookup"]
     assert (result.state, result.outcome) == (FAILED, "failed")
     assert "cannot tell whether an earlier attempt created" in (result.message or "")

@@ -72,6 +72,15 @@ class Locks:
                 queue.remove(event)
             raise
 
+    def take_free(self, keys: list[str]) -> bool:
+        """Take every key at once if none is held (True); else take none (False)."""
+        waiting = self._waiting
+        if any(key in waiting for key in keys):
+            return False
+        for key in keys:
+            waiting[key] = deque()
+        return True
+
     def release(self, key: str) -> None:
         queue = self._waiting[key]
         if queue:

@@ -21,7 +21,6 @@ import asyncio
 import contextlib
 import queue
 import threading
-from collections import deque
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -95,7 +94,7 @@ class _GroupCommit:
     def __init__(self, db: AsyncDB) -> None:
         self._db = db
         self._results: list[Result] = []
-        self._claims: list[tuple[int, int]] = []
+        self._claims: list[tuple[int, list[int]]] = []  # (batch, seqs)
         self._durable = anyio.Event()  # set once the batch now gathering is committed
         self._wake = anyio.Event()
         self._closed = False
@@ -105,7 +104,7 @@ class _GroupCommit:
             return
         self._results.extend(results)
         if claim is not None:
-            self._claims.extend((unit.seq, claim.id) for unit in claim.units)
+            self._claims.append((claim.id, [unit.seq for unit in claim.units]))
         durable = self._durable
         self._wake.set()
         await durable.wait()
@@ -135,7 +134,8 @@ class _Feed:
     def __init__(self, db: AsyncDB, limits: Limits) -> None:
         self._db = db
         self._limits = limits
-        self._units: deque[Unit] = deque()
+        self._units: list[Unit] = []
+        self._at = 0  # the next unit of ``_units`` to hand out
         self._after = 0
         self._exhausted = False
         self._reading = anyio.Lock(fast_acquire=True)
@@ -146,47 +146,69 @@ class _Feed:
 
     async def _fill(self) -> None:
         page = await self._db.call(self._db.db.pending, self._after, PAGE)
-        self._units.extend(page)
+        self._units = self._units[self._at :] + page  # what was left, then the new page
+        self._at = 0
         self._exhausted = not page
         if page:
             self._after = page[-1].seq
+
+    def _left(self) -> int:
+        return len(self._units) - self._at
 
     async def next(self) -> Batch | None:
         """The next batch: the units an interrupted session claimed together, as they were;
         otherwise as many fresh units as the limits allow. Taken whole under one lock, so
         concurrent workers never interleave one batch."""
         async with self._reading:
-            if not self._units and not self._exhausted:
+            if not self._left() and not self._exhausted:
                 await self._fill()
-            if not self._units:
+            if not self._left():
                 return None
-            first = self._units.popleft()
-            units = [first]
+            first = self._units[self._at]
             if first.batch is not None:  # claimed before a crash: the same units again
+                units = [first]
+                self._at += 1
                 while True:
-                    if not self._units and not self._exhausted:
+                    if not self._left() and not self._exhausted:
                         await self._fill()
-                    if not self._units or self._units[0].batch != first.batch:
+                    if not self._left() or self._units[self._at].batch != first.batch:
                         break
-                    units.append(self._units.popleft())
+                    units.append(self._units[self._at])
+                    self._at += 1
                 return Batch(first.batch, units)
-            size = len(first.body)
+            units = []
+            size = 0
             limits = self._limits
             while len(units) < limits.units:
-                if not self._units and not self._exhausted:
+                if not self._left() and not self._exhausted:
                     await self._fill()
-                if not self._units:
+                if not self._left():
                     break
-                head = self._units[0]
-                if head.batch is not None or size + len(head.body) > limits.body_bytes:
+                # Take what fits from the page in one slice: units of a batch claimed before a
+                # crash, and the byte budget, end it early.
+                page, at = self._units, self._at
+                end = min(len(page), at + limits.units - len(units))
+                taken = at
+                while taken < end:
+                    unit = page[taken]
+                    length = len(unit.body)
+                    if unit.batch is not None or (
+                        (units or taken > at) and (size + length > limits.body_bytes)
+                    ):
+                        break
+                    size += length
+                    taken += 1
+                units.extend(page[at:taken])
+                self._at = taken
+                if taken < end or taken == at:
                     break
-                size += len(head.body)
-                units.append(self._units.popleft())
             self._last_batch += 1
             return Batch(self._last_batch, units)
 
 
 async def _acquire_all(locks: Locks, keys: list[str]) -> None:
+    if locks.take_free(keys):  # nobody holds any of them: no await, no events
+        return
     taken: list[str] = []
     try:
         for key in keys:

@@ -173,7 +173,7 @@ async def _create(job: Job, client: MemoryClient, unit: Unit, known: Known | Non
     made = known.created.get(target) if known is not None else None
     if made is not None:  # an earlier chunk created them: this one is a PATCH of that profile
         result = await _patch(job, client, unit, made, None)
-        return replace(result, sent_to=result.sent_to or made)
+        return result._replace(sent_to=result.sent_to or made)
     store = job.connection.store_id
     id_type, _, value = target.removeprefix(NEW).partition(" ")
     found: list[str] = []
