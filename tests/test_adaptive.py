@@ -1,4 +1,8 @@
-"""AdaptiveRate: unit rules on virtual time, a simulation of the whole loop, one emulator run."""
+"""AdaptiveRate: unit rules on virtual time, a simulation of the whole loop, one emulator run.
+
+The virtual-time loop lives in tests/throttle_sim.py, which runs the client against every
+limiter shape (tests/test_throttle_shapes.py).
+"""
 
 from __future__ import annotations
 
@@ -7,8 +11,7 @@ import heapq
 import itertools
 import math
 import random
-import selectors
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +26,7 @@ from backfill.emulator.faults import AccountBucket
 from backfill.errors import ConfigError
 from backfill.transport.client import Credentials, MemoryClient, RetryPolicy
 from backfill.transport.throttle import AdaptiveRate, TokenBucket, default_burst
+from throttle_sim import LoopClock, run_virtual
 
 SEED = Path(__file__).parent / "data" / "emulator_seed.json"
 STORE = "mem_store_01jtest0000000000000000000"
@@ -352,48 +356,6 @@ def test_client_refuses_a_controller_of_another_bucket() -> None:
 
 
 # --- The whole loop, simulated on virtual time -------------------------------------------
-
-
-class _VirtualSelector(selectors.SelectSelector):
-    """Never blocks: waiting for `timeout` moves the virtual clock on by `timeout` instead."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.now = 0.0
-
-    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
-        if timeout is None:
-            raise RuntimeError("every task waits and no timer is set: a deadlock")
-        self.now += max(0.0, timeout)
-        return []
-
-
-class VirtualTimeLoop(asyncio.SelectorEventLoop):
-    """An asyncio loop on virtual time: when every task waits, time jumps to the next timer.
-
-    Runs are deterministic and take no real time; nothing here does real I/O.
-    """
-
-    def __init__(self) -> None:
-        self._virtual = _VirtualSelector()
-        super().__init__(self._virtual)
-
-    def time(self) -> float:
-        return self._virtual.now
-
-
-class LoopClock:
-    """The running loop's (virtual) time, and anyio's sleep on it."""
-
-    def now(self) -> float:
-        return asyncio.get_running_loop().time()
-
-    async def sleep(self, seconds: float) -> None:
-        await anyio.sleep(max(0.0, seconds))
-
-
-def run_virtual(main: Callable[[], Awaitable[Outcome]]) -> Outcome:
-    return anyio.run(main, backend="asyncio", backend_options={"loop_factory": VirtualTimeLoop})
 
 
 @dataclass

@@ -1,0 +1,124 @@
+"""Issue 13's throttling targets, on virtual time, for every server limiter shape.
+
+The real client (tests/throttle_sim.py) runs 60 simulated seconds against a limit of 100
+requests/s (8 in flight for the concurrency limiter). Targets: the job's rate 10x too high
+(adaptive) -> at least 90 % of the limit accepted and at most 2 % 429s; the job's rate at the
+limit -> at least 95 % and at most 1 %; the limit halved for 20 s and restored -> back above
+90 % of it within 10 s of each change.
+
+The current controller misses several: each miss is a strict xfail carrying the figures it
+measured (bench/throttle_shapes.py prints them all), so a controller that meets the target
+turns it into a failure until the mark is removed, and from then on a guard.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from backfill.emulator.limits import RetryAfterStyle
+from throttle_sim import (
+    LIMITS,
+    SCENARIOS,
+    Scenario,
+    SimResult,
+    scenario_config,
+    simulate,
+)
+
+# (shape, Retry-After style, scenario) -> what the controller at 9da6301 measured (seed 1).
+MISSES: dict[tuple[str, RetryAfterStyle, Scenario], str] = {
+    ("token-b1", "whole", "10x"): "62.1 % of the limit, 0.19 % 429s",
+    ("token-b1", "whole", "at-limit"): "56.1 % of the limit, 0.09 % 429s",
+    ("token-b1", "whole", "halved"): "never back above 90 % after the halving nor after it ended",
+    ("token-b10", "whole", "halved"): "3.9 s after the halving; never after the restore",
+    ("gcra", "whole", "halved"): "3.9 s after the halving; never after the restore",
+    ("fixed-1s", "whole", "10x"): "89.0 % of the limit, 0.35 % 429s",
+    ("fixed-1s", "whole", "halved"): "0.0 s after the halving; never after the restore",
+    ("sliding-1s", "whole", "10x"): "85.2 % of the limit, 0.33 % 429s",
+    ("sliding-1s", "whole", "at-limit"): "88.8 % of the limit, 0.04 % 429s",
+    ("sliding-1s", "whole", "halved"): "7.9 s after the halving; never after the restore",
+    ("concurrency-8", "whole", "10x"): "61.9 % of the limit, 0.16 % 429s",
+    ("concurrency-8", "whole", "halved"): "never back above 90 % after either change",
+    ("token-b1", "fraction", "10x"): "64.0 % of the limit, 0.18 % 429s",
+}
+
+
+def _case(shape: str, style: RetryAfterStyle, scenario: Scenario) -> object:
+    reason = MISSES.get((shape, style, scenario))
+    marks = [pytest.mark.xfail(strict=True, reason=reason)] if reason else []
+    return pytest.param(shape, style, scenario, marks=marks, id=f"{shape}-{style}-{scenario}")
+
+
+# Every shape and scenario with Twilio's whole-second Retry-After; a fractional one on the 10x
+# scenario of each rate shape, where the client must find the rate itself. (An absent one is in
+# the bench's table: today's client reads it as it reads a fraction, so the figures are equal.)
+CASES = [_case(shape, "whole", scenario) for shape in LIMITS for scenario in SCENARIOS] + [
+    _case(shape, style, "10x")
+    for style in ("fraction",)
+    for shape, limit in LIMITS.items()
+    if limit.shape != "concurrency"
+]
+
+
+def check(result: SimResult, scenario: Scenario) -> None:
+    """The issue's target for ``scenario``, with the figures in the failure message."""
+    figures = (
+        f"{result.share:.1%} of the limit, {result.share_429:.2%} 429s, recovery {result.recovery}"
+    )
+    if scenario == "10x":
+        assert result.share >= 0.90 and result.share_429 <= 0.02, figures
+    elif scenario == "at-limit":
+        assert result.share >= 0.95 and result.share_429 <= 0.01, figures
+    else:
+        assert len(result.recovery) == 2, figures
+        worst = result.worst_recovery
+        assert worst is not None and worst <= 10.0, figures
+
+
+@pytest.mark.parametrize(("shape", "style", "scenario"), CASES)
+def test_target(shape: str, style: RetryAfterStyle, scenario: Scenario) -> None:
+    """60 virtual seconds of the real client against one limiter shape meet the issue's target."""
+    check(simulate(scenario_config(shape, scenario, retry_after=style)), scenario)
+
+
+def test_the_client_never_exceeds_a_limit_it_is_configured_under() -> None:
+    """Configured below every limit, nothing is refused: the harness's 429s are the client's
+    doing, not the simulation's."""
+    for shape in LIMITS:
+        config = scenario_config(shape, "at-limit", seconds=10.0)
+        config = replace(config, send=replace(config.send, rate=50.0, concurrency=4))
+        result = simulate(config)
+        assert result.throttled == 0, shape
+        assert result.per_second == pytest.approx(50.0, rel=0.05), shape
+
+
+def test_harness_counts_agree_with_the_limiter_view() -> None:
+    """What the harness counts is what the limiter admitted and refused over the run."""
+    for shape in ("token-b1", "sliding-1s", "concurrency-8"):
+        result = simulate(scenario_config(shape, "10x", seconds=10.0))
+        assert result.throttled > 0, shape
+        assert result.accepted == result.view.admitted, shape
+        assert result.throttled == result.view.refused_requests, shape
+        assert result.view.seconds == pytest.approx(10.0)
+
+
+def test_simulation_is_deterministic() -> None:
+    """Virtual time and seeded randomness: the same run gives the same figures."""
+    config = scenario_config("sliding-1s", "halved", seconds=45.0)
+    assert simulate(config) == simulate(config)
+
+
+def test_direct_wire_matches_httpx_mock_transport() -> None:
+    """Skipping httpx (the harness's default, for speed) changes no figure: the client's retry
+    loop, bucket and controller see the same answers at the same virtual times."""
+    config = scenario_config("token-b1", "10x", seconds=10.0)
+    direct = simulate(config)
+    through_httpx = simulate(replace(config, wire="httpx"))
+    assert direct.throttled > 0
+    assert (direct.accepted, direct.throttled, direct.cuts) == (
+        through_httpx.accepted,
+        through_httpx.throttled,
+        through_httpx.cuts,
+    )
