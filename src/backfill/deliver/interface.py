@@ -29,6 +29,9 @@ class Limits:
     units: int = 1
     body_bytes: int = 1 << 62
     in_flight: int | None = None
+    # One batch in flight per target (the loop's Locks). A delivery whose units can never share
+    # a target (one unit a person, no redirects to follow) turns it off and saves the work.
+    per_target: bool = True
 
 
 @dataclass(frozen=True)

@@ -235,6 +235,7 @@ async def deliver(
     locks = Locks()
     target = delivery(Run(store, locks))
     feed = _Feed(store, target.limits)
+    per_target = target.limits.per_target
 
     async def worker() -> None:
         previous: list[Result] = []
@@ -245,7 +246,7 @@ async def deliver(
             # Taken before any await after the feed handed the batch out: waiters queue in plan
             # order, so a person's first chunk (the create) goes before the others. Sorted, so
             # two batches never wait on each other.
-            keys = sorted({unit.target for unit in batch.units})
+            keys = sorted({unit.target for unit in batch.units}) if per_target else []
             await _acquire_all(locks, keys)
             try:
                 await committer.commit(previous, batch)

@@ -215,6 +215,12 @@ def encode_trait(job: Job, j: int) -> pl.Expr:
     return _encode(job, j).alias(_fragment_column(j))
 
 
+def job_chunks(job: Job) -> list[list[int]]:
+    """The job's traits as request chunks (identifier traits in each, for bulk and import)."""
+    ids = identifier_traits(job) if job.send.store_resolves else []
+    return chunk_traits([(t.group, t.trait) for t in job.traits], always=ids)
+
+
 def units_from_fragments(
     job: Job, fragments: pl.LazyFrame, carry: Sequence[str] = (), orders: bool = False
 ) -> pl.LazyFrame:
@@ -224,7 +230,7 @@ def units_from_fragments(
     ``fragments`` also holds ``plan_units``' per-trait key columns, and units an ``orders``
     column."""
     ids = identifier_traits(job) if job.send.store_resolves else []
-    chunks = chunk_traits([(t.group, t.trait) for t in job.traits], always=ids)
+    chunks = job_chunks(job)
     ordered = job.source.order_by is not None
     with_orders = ["orders"] if orders else []
     per_chunk = [

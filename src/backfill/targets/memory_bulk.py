@@ -24,6 +24,7 @@ from urllib.parse import quote
 from backfill.checkpoint import DONE, FAILED, Result, Unit
 from backfill.config import Job
 from backfill.deliver.interface import Batch, Limits, Run
+from backfill.plan.units import job_chunks
 from backfill.transport.client import MemoryClient, Reply
 
 UPSERTED: Final = "upserted"
@@ -49,9 +50,11 @@ def bulk_body(units: Sequence[Unit]) -> bytes:
 class MemoryBulk:
     """The bulk delivery (see the module docstring)."""
 
-    limits = Limits(units=MAX_PROFILES, body_bytes=MAX_BODY_BYTES)
-
     def __init__(self, job: Job, client: MemoryClient, run: Run) -> None:
+        # A person is one unit unless the job's traits need several requests (chunks): then
+        # their units must not be in two batches in flight at once.
+        one_chunk = len(job_chunks(job)) == 1
+        self.limits = Limits(MAX_PROFILES, MAX_BODY_BYTES, per_target=not one_chunk)
         self.client = client
         self.path = bulk_path(job.connection.store_id)
         self.batches = 0  # batches sent in this session
