@@ -551,7 +551,8 @@ async def list_profiles(emu: Emulator, request: Request) -> Response:
 
 async def bulk_profiles(emu: Emulator, request: Request) -> Response:
     store = _store(emu, request)
-    emu.account.bulk_upsert(store, await _json(request))
+    for _ in emu.account.bulk_steps(store, await _json(request)):
+        await asyncio.sleep(0)  # let requests that arrived meanwhile meet the rate limiter
     return respond(202, {"message": "Profile batch accepted for processing."})
 
 
