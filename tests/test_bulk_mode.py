@@ -207,6 +207,20 @@ def test_a_new_person_linked_only_by_a_phone_in_the_extract(tmp_path: Path, mode
 # -------------------------------------------------------------------- bisection of a refusal
 
 
+def test_a_batch_over_the_servers_body_cap_is_split_until_it_fits(tmp_path: Path) -> None:
+    """A server that caps request bodies (413) below what a full batch weighs: the batch is
+    split in halves until each part fits, and every person lands."""
+    extract = oracle.write_extract(tmp_path / "extract.csv", people=300, seed=3, bad_cells=False)
+    with emulator(tmp_path, max_body_bytes=12_000) as emu:
+        job = write_job(tmp_path, emu.url, extract.path)
+        result = run_job(job, quiet=True)
+        assert oracle.store_differences(emu.url, emu.auth, expected(extract.path)) == []
+        bulk = emu.stats()["byOperation"]["profiles.bulk"]
+    assert result.exit_code == 0, result.text
+    assert bulk.get("413", 0) >= 1 and bulk["202"] >= 2
+    assert result.summary["delivery"]["split_requests"] == bulk["413"]
+
+
 def test_one_refused_profile_among_1000_is_found_by_bisection(tmp_path: Path) -> None:
     """1,000 people in one batch, one with points beyond the store's validationRule: 999
     land, the one is in errors.csv with its file, row and the store's own message, and the
