@@ -194,7 +194,10 @@ def build_plan(
             )
             resolved = pl.scan_parquet(paths)
         if resolving.identity.on_unresolved == "create":  # people to create, linked in the extract
-            resolved = relink(resolved, link_new_people(resolving, resolved))
+            # Rows keyed for the store share no value with another key (linked_in_store):
+            # only the rest can be linked, which keeps a 1M-row bulk plan from walking them all.
+            open_rows = resolved.filter(pl.col(OUTCOME) != BY_STORE)
+            resolved = relink(resolved, link_new_people(resolving, open_rows))
         plan_path = folder / "plan.parquet"
         rows = mapped.select(pl.len()).collect().item()
         write_units(job, resolved, plan_path, rows, spill)

@@ -250,6 +250,7 @@ async def deliver(
             await _acquire_all(locks, keys)
             try:
                 await committer.commit(previous, batch)
+                previous = []  # recorded: not held while the next batch is sent
                 previous = await target.send(batch)
             finally:
                 for key in keys:

@@ -166,7 +166,9 @@ def plan_units(job: Job, resolved: pl.LazyFrame) -> pl.LazyFrame:
             if j not in deletes
         )
     )
-    return units_from_fragments(job, grouped, carry=["rows"], orders=True)
+    # Orders serve PATCH's merge redirects; bulk and import never read them (a 1M-row plan
+    # would carry ~27 MiB of them into every batch in memory).
+    return units_from_fragments(job, grouped, carry=["rows"], orders=not job.send.store_resolves)
 
 
 _POS = "__pos"  # a row's place in the extract: file << 32 | row

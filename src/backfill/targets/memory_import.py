@@ -58,6 +58,7 @@ from backfill.config import Job
 from backfill.deliver.interface import Batch, Checkpoint, Limits, Run
 from backfill.errors import BackfillError, StorageError
 from backfill.files import private_dir, private_file
+from backfill.plan.units import job_chunks
 from backfill.transport.client import USER_AGENT, MemoryClient, Reply
 from backfill.transport.throttle import Clock, SystemClock
 
@@ -191,7 +192,12 @@ class MemoryImport:
         self.client = client
         self.checkpoint: Checkpoint | None = run.checkpoint
         self.clock: Clock = clock if clock is not None else SystemClock()
-        self.limits = Limits(UNITS_PER_FILE, MAX_BODY_BYTES, in_flight=FILES_IN_FLIGHT)
+        # A person is one unit unless the job needs several requests (chunks): then their
+        # units must not be in two files in flight at once. The per-person locks cost ~88 MiB
+        # a file in flight (BENCHMARKS.md, "Delivery: import mode, 1M profiles").
+        one_chunk = len(job_chunks(job)) == 1
+        self.limits = Limits(UNITS_PER_FILE, MAX_BODY_BYTES, in_flight=FILES_IN_FLIGHT,
+                             per_target=not one_chunk)  # fmt: skip
         self.path = imports_path(job.connection.store_id)
         self.columns = [(t.group, t.trait) for t in job.traits]
         db = run.checkpoint.db.path if run.checkpoint is not None else None
