@@ -345,7 +345,9 @@ class Run:
     summary: dict[str, Any] = field(default_factory=dict)
     plan: dict[str, Any] = field(default_factory=dict)
     server: dict[str, Any] = field(default_factory=dict)
-    files: list[tuple[str, int]] = field(default_factory=list)  # name, bytes
+    files: list[tuple[str, int]] = field(default_factory=list)  # import files: name, bytes
+    outputs: dict[str, int] = field(default_factory=dict)  # the output folder: name -> bytes
+    imports: list[tuple[float, float]] = field(default_factory=list)  # registered, ended: s
     sampler: Sampler | None = None
     listed: int = -1  # profiles the store lists after the run
     list_seconds: float = 0.0
@@ -433,11 +435,19 @@ def run_mode(
         cmd = [*pin(args.client_cpu), GNU_TIME, "-f", "%M", "-o", str(peak_file), "--", *run]
         emu0, load0 = process_cpu(proc.pid), cpu_times()
         sampler = Sampler(0, proc.pid, out, args.poll, time.perf_counter())
+        epoch = time.time()  # the emulator's createdAt/updatedAt are wall-clock times
         code, wall, cpu = timed(cmd, folder / "run.log", args.timeout, sampler)
         emu1, load1 = process_cpu(proc.pid), cpu_times()
         result.emulator_peak_kib = status_kib(proc.pid, "VmHWM") or 0
         result.emulator_end_kib = status_kib(proc.pid, "VmRSS") or 0
         result.server = stats(http, url)
+        (folder / "rss.csv").write_text(
+            "seconds,run_kib,emulator_kib\n"
+            + "".join(
+                f"{at:.2f},{run_kib},{emu_kib}\n" for at, run_kib, emu_kib in sampler.samples
+            ),
+            encoding="utf-8",
+        )
         result.exit_code, result.wall, result.cpu = code, wall, cpu
         result.emulator_cpu = emu1 - emu0
         result.others, result.steal = machine_load(load0, load1, cpu + result.emulator_cpu)
@@ -448,6 +458,13 @@ def run_mode(
         folder_imports = out / "imports"
         if folder_imports.is_dir():
             result.files = sorted((p.name, p.stat().st_size) for p in folder_imports.iterdir())
+        if out.is_dir():
+            result.outputs = {
+                str(p.relative_to(out)): p.stat().st_size
+                for p in sorted(out.rglob("*"))
+                if p.is_file() and p.parent != folder_imports
+            }
+        result.imports = import_times(http, url, result.summary, epoch)
         result.problems += check_run(result, data)
         if result.exit_code == 0:
             started = time.perf_counter()
@@ -469,6 +486,24 @@ def run_mode(
     if not args.keep_outputs:
         shutil.rmtree(out / "imports", ignore_errors=True)  # ~100 MB a million people
     return result
+
+
+def import_times(
+    http: httpx.Client, url: str, summary: dict[str, Any], epoch: float
+) -> list[tuple[float, float]]:
+    """When each import of the run was registered and when it ended (the store's createdAt and
+    updatedAt), in seconds after the run started."""
+    times: list[tuple[float, float]] = []
+    for f in summary.get("delivery", {}).get("files", []):
+        if not f.get("import_id"):
+            continue
+        got = http.get(f"{url}{DP}/Imports/{f['import_id']}", auth=(USERNAME, PASSWORD)).json()
+        created, updated = (
+            datetime.fromisoformat(got[k].replace("Z", "+00:00")).timestamp() - epoch
+            for k in ("createdAt", "updatedAt")
+        )
+        times.append((created, updated))
+    return times
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -612,6 +647,24 @@ def report(runs: Sequence[Run], data: Data, args: argparse.Namespace) -> None:
                      else ""]  # fmt: skip
             hwm = f"run VmHWM at last sample {mib(s.run_hwm)} MiB"
             print(f"    {', '.join(m for m in marks if m)}; {hwm}; {len(s.samples)} samples")
+        if s is not None and s.samples:
+            last = len(s.samples) - 1
+            tenths = [s.samples[round(k * last / 10)] for k in range(11)]
+            print(
+                "    RSS run / emulator (MiB) over the run: "
+                + ", ".join(f"{at:.0f} s {mib(run)}/{mib(emu)}" for at, run, emu in tenths)
+            )
+        big = {name: size for name, size in r.outputs.items() if size >= KIB * KIB}
+        print(
+            "    output folder, files of 1 MiB or more (import files below): "
+            + ", ".join(f"{name} {size / KIB / KIB:,.1f} MiB" for name, size in big.items())
+        )
+        if r.imports:
+            print(
+                "    imports (registered -> ended, s after start): "
+                + ", ".join(f"{a:.0f}->{b:.0f}" for a, b in r.imports)
+                + f"; the last ended {r.wall - max(b for _, b in r.imports):.1f} s before exit"
+            )
         if r.files:
             sizes = [size for _, size in r.files]
             print(
