@@ -78,7 +78,15 @@ from typing import Any, Final, Literal
 
 import httpx
 import polars as pl
-from emulator_patch import PASSWORD, USERNAME, BenchError, process_cpu, stats
+from emulator_patch import (
+    CLOCK_TICKS,
+    PASSWORD,
+    USERNAME,
+    BenchError,
+    core_times,
+    process_cpu,
+    stats,
+)
 from incremental_rerun import child_env, code_under_test, cpu_times, machine_load
 from plan_throughput import GNU_TIME, KIB, max_rss_kib, only_child
 from transport import emulator, pin
@@ -341,6 +349,7 @@ class Run:
     emulator_end_kib: int = 0  # RSS at the end
     emulator_cpu: float = 0.0
     others: float = 0.0  # share of both cores' time used by other processes
+    core_others: tuple[float, float] = (0.0, 0.0)  # others' share of the emulator's, run's core
     steal: float = 0.0
     summary: dict[str, Any] = field(default_factory=dict)
     plan: dict[str, Any] = field(default_factory=dict)
@@ -433,11 +442,14 @@ def run_mode(
         peak_file = folder / "run.maxrss"
         run = [sys.executable, "-m", "backfill", "run", str(job), "--quiet"]
         cmd = [*pin(args.client_cpu), GNU_TIME, "-f", "%M", "-o", str(peak_file), "--", *run]
+        cores = (args.server_cpu, args.client_cpu)
         emu0, load0 = process_cpu(proc.pid), cpu_times()
+        busy0 = [core_times(c)[0] for c in cores]
         sampler = Sampler(0, proc.pid, out, args.poll, time.perf_counter())
         epoch = time.time()  # the emulator's createdAt/updatedAt are wall-clock times
         code, wall, cpu = timed(cmd, folder / "run.log", args.timeout, sampler)
         emu1, load1 = process_cpu(proc.pid), cpu_times()
+        busy1 = [core_times(c)[0] for c in cores]
         result.emulator_peak_kib = status_kib(proc.pid, "VmHWM") or 0
         result.emulator_end_kib = status_kib(proc.pid, "VmRSS") or 0
         result.server = stats(http, url)
@@ -451,6 +463,12 @@ def run_mode(
         result.exit_code, result.wall, result.cpu = code, wall, cpu
         result.emulator_cpu = emu1 - emu0
         result.others, result.steal = machine_load(load0, load1, cpu + result.emulator_cpu)
+        # Each of our processes is pinned to its core: a core's busy time beyond it is others'.
+        emulator_core, run_core = (
+            max(0.0, (b - a) / CLOCK_TICKS - ours) / wall
+            for a, b, ours in zip(busy0, busy1, (result.emulator_cpu, cpu), strict=True)
+        )
+        result.core_others = (emulator_core, run_core)
         result.peak_kib = max_rss_kib(peak_file)
         result.sampler = sampler
         result.summary = read_json(out / "summary.json")
@@ -614,7 +632,8 @@ def report(runs: Sequence[Run], data: Data, args: argparse.Namespace) -> None:
     print(
         "| repeat | mode | exit | wall s | plan s | delivery s | rest s | people/s end to end "
         "| CPU s | peak RSS run | ... while planning / delivering (sampled) | emulator RSS "
-        "start / peak / end | emulator CPU s | others | steal |"
+        "start / peak / end | emulator CPU s | others: machine, emulator's core, run's core "
+        "| steal |"
     )
     print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|:---:|:---:|---:|---:|---:|")
     for r in runs:
@@ -631,7 +650,8 @@ def report(runs: Sequence[Run], data: Data, args: argparse.Namespace) -> None:
             f"{r.delivery_seconds:.1f} | {rest:.1f} | {data.people / r.wall:,.0f} | "
             f"{r.cpu:.1f} | **{mib(r.peak_kib)}** | {split} | {mib(r.emulator_start_kib)} / "
             f"**{mib(r.emulator_peak_kib)}** / {mib(r.emulator_end_kib)} | "
-            f"{r.emulator_cpu:.1f} | {r.others:.0%} | {r.steal:.1%} |"
+            f"{r.emulator_cpu:.1f} | {r.others:.0%}, {r.core_others[0]:.0%}, "
+            f"{r.core_others[1]:.0%} | {r.steal:.1%} |"
         )
     print("\nper run: server requests by operation (status: count); files; checks")
     for r in runs:
@@ -742,7 +762,7 @@ def bench(args: argparse.Namespace, work: Path, code: str) -> int:
                     f"  repeat {repeat} {mode}: exit {r.exit_code}, {r.wall:.1f} s wall (plan "
                     f"{r.plan_seconds:.1f} s, delivery {r.delivery_seconds:.1f} s), peak RSS "
                     f"{mib(r.peak_kib)} MiB, emulator peak {mib(r.emulator_peak_kib)} MiB, "
-                    f"others {r.others:.0%}; "
+                    f"others {r.others:.0%} (emulator's core {r.core_others[0]:.0%}); "
                     + ("checks passed" if not r.problems else "CHECKS FAILED"),
                     flush=True,
                 )
