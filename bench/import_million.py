@@ -246,7 +246,8 @@ def generate(work: Path, people: int, fmt: str) -> Data:
             print(f"reusing {path} ({known['size']:,} bytes)", flush=True)
             return Data(path, seed, people, int(known["rows"]), int(known["size"]), fmt)
     started = time.perf_counter()
-    text = path.with_suffix(".csv")
+    # Parquet is converted from a CSV of its own: the cached CSV extract stays as it is.
+    text = path if fmt == "csv" else path.with_name(path.name + ".tmp.csv")
     rows = 0
     with text.open("w", newline="", encoding="utf-8") as f:
         out = csv.writer(f, lineterminator="\n")
