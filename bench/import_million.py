@@ -49,9 +49,9 @@ reports the CPU time used by other processes (``/proc/stat`` minus ours) and sto
     python bench/import_million.py --people 100000 --repeat 2
     python bench/import_million.py --modes import --format parquet --workdir /tmp/imp
 
-Targets: none from the issue beyond "measure"; the default invocation takes about 10 minutes
-on 2 cores. Exits 1 if a check fails, 2 if the benchmark could not run. Results: BENCHMARKS.md,
-"Delivery: import mode, 1M profiles".
+Targets: none from the issue beyond "measure"; the default invocation takes about 7 minutes on
+2 cores (two 1M runs, and 10-30 s of listing after each). Exits 1 if a check fails, 2 if the
+benchmark could not run. Results: BENCHMARKS.md, "Delivery: import mode, 1M profiles".
 """
 
 from __future__ import annotations
