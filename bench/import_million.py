@@ -78,6 +78,7 @@ from typing import Any, Final, Literal
 
 import httpx
 import polars as pl
+from common import child_env
 from emulator_patch import (
     CLOCK_TICKS,
     PASSWORD,
@@ -87,7 +88,7 @@ from emulator_patch import (
     process_cpu,
     stats,
 )
-from incremental_rerun import child_env, code_under_test, cpu_times, machine_load
+from incremental_rerun import code_under_test, cpu_times, machine_load
 from plan_throughput import GNU_TIME, KIB, max_rss_kib, only_child
 from transport import emulator, pin
 
