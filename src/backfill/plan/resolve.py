@@ -642,13 +642,7 @@ def _general(job: Job, frame: pl.LazyFrame, looked_up: bool) -> pl.LazyFrame:
         separator=", ",
         ignore_nulls=True,
     )
-    first_identifier = _first(
-        [
-            pl.concat_str(pl.lit(f"{identifiers[k].id_type} "), pl.col(identifier_column(k)))
-            for k in range(len(identifiers))
-        ],
-        pl.String(),
-    )
+    first_identifier = _first_identifier(job)
     errors = pl.concat_str(
         [pl.col(_e(k)) for k in range(len(identifiers))] or [pl.lit(None, pl.String)],
         separator="; ",
