@@ -67,7 +67,6 @@ import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Sequence
@@ -83,12 +82,11 @@ from emulator_patch import (
     CLOCK_TICKS,
     PASSWORD,
     USERNAME,
-    BenchError,
     core_times,
     process_cpu,
     stats,
 )
-from incremental_rerun import code_under_test, cpu_times, machine_load
+from incremental_rerun import cpu_times, machine_load, run_bench
 from plan_throughput import GNU_TIME, KIB, max_rss_kib, only_child
 from transport import emulator, pin
 
@@ -815,23 +813,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-
-    def terminated(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt  # unwind: stop the emulator, remove the worktree and temp dir
-
-    signal.signal(signal.SIGTERM, terminated)
-    try:
-        with contextlib.ExitStack() as stack:
-            code = stack.enter_context(code_under_test(args.rev))
-            if args.workdir is not None:
-                args.workdir.mkdir(parents=True, exist_ok=True)
-                return bench(args, args.workdir.resolve(), code)
-            tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="import-million-"))
-            return bench(args, Path(tmp), code)
-    except BenchError as exc:
-        print(f"import_million: {exc}", file=sys.stderr)
-        return 2
+    return run_bench(parse_args(argv), "import_million", bench)
 
 
 if __name__ == "__main__":

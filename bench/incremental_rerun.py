@@ -53,7 +53,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -557,8 +557,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def run_bench(
+    args: argparse.Namespace, name: str, bench: Callable[[argparse.Namespace, Path, str], int]
+) -> int:
+    """Run ``bench(args, workdir, code)`` for the code at ``args.rev`` in ``args.workdir`` (or a
+    temp dir), unwinding on SIGTERM; a BenchError is one line and exit 2."""
 
     def terminated(signum: int, frame: object) -> None:
         raise KeyboardInterrupt  # unwind: stop the emulator, remove the worktree and temp dir
@@ -570,11 +573,16 @@ def main(argv: list[str] | None = None) -> int:
             if args.workdir is not None:
                 args.workdir.mkdir(parents=True, exist_ok=True)
                 return bench(args, args.workdir.resolve(), code)
-            tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="incremental-rerun-"))
+            prefix = name.replace("_", "-") + "-"
+            tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix=prefix))
             return bench(args, Path(tmp), code)
     except BenchError as exc:
-        print(f"incremental_rerun: {exc}", file=sys.stderr)
+        print(f"{name}: {exc}", file=sys.stderr)
         return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_bench(parse_args(argv), "incremental_rerun", bench)
 
 
 if __name__ == "__main__":
