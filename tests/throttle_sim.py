@@ -1,7 +1,7 @@
 """The whole client against every server limiter shape, on virtual time (issue 13).
 
 Test support, not a test file. It drives the REAL ``MemoryClient`` (token bucket and
-``AdaptiveRate`` built as ``backfill run`` builds them: ``Target.client``) over
+``AdaptiveRate`` built as ``backfill run`` builds them: ``client_for``) over
 ``httpx.MockTransport`` on an asyncio loop whose clock jumps to the next timer whenever every
 task waits (``VirtualTimeLoop``). The simulated server decides with the emulator's own limiters
 (``backfill.emulator.limits``) and writes ``Retry-After`` as the emulator does, so a 60 s run
@@ -39,8 +39,8 @@ from backfill.emulator.limits import (
     make_limiter,
     render_retry_after,
 )
-from backfill.transport.client import Credentials, MemoryClient, RetryPolicy
-from backfill.transport.throttle import AdaptiveRate, Clock, TokenBucket
+from backfill.transport.client import Credentials
+from backfill.transport.connection import client_for
 
 URL = "https://memory.example.test"
 CREDS = Credentials("SK0123456789abcdef0123456789abcdef", "s3cr3t")
@@ -288,26 +288,6 @@ def recovery(phase: Phase, admitted: list[float], step: float = 0.05) -> float |
 # --- The run -----------------------------------------------------------------------------
 
 
-def build_client(
-    send: Send, transport: httpx.AsyncBaseTransport, clock: Clock, rng: random.Random
-) -> MemoryClient:
-    """``Target.client`` (src/backfill/transport/connection.py) on the given clock, over the
-    given transport: the same bucket, controller, retry policy and pool size."""
-    bucket = TokenBucket(send.rate, send.effective_burst, clock=clock)
-    return MemoryClient(
-        URL,
-        CREDS,
-        concurrency=send.concurrency,
-        bucket=bucket,
-        adaptive=AdaptiveRate(bucket, ceiling=send.rate) if send.adaptive else None,
-        retry=RetryPolicy(max_attempts=send.max_attempts),
-        timeout=send.timeout,
-        transport=transport,
-        clock=clock,
-        rng=rng,
-    )
-
-
 @dataclass
 class _Server:
     """The simulated Memory API: the limiter's verdict, then the service time."""
@@ -386,11 +366,13 @@ async def _run(config: SimConfig) -> SimResult:
     )
     limiter = Scheduled(inner, config.schedule, start=t0)
     server = _Server(config, limiter, clock, t0, random.Random(config.seed))
-    client = build_client(
+    client = client_for(
         config.send,
-        httpx.MockTransport(server.handle),
-        clock,
-        random.Random(config.seed + 1),
+        URL,
+        CREDS,
+        clock=clock,
+        transport=httpx.MockTransport(server.handle),
+        rng=random.Random(config.seed + 1),
     )
     body = {"traits": {"Loyalty": {"points": 1}}}
 

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from backfill.config import Job
+import httpx
+
+from backfill.config import Job, Send
 from backfill.files import EMULATOR_STATE
 from backfill.transport.client import Credentials, MemoryClient, RetryPolicy
-from backfill.transport.throttle import AdaptiveRate, TokenBucket
+from backfill.transport.throttle import AdaptiveRate, Clock, TokenBucket
 
 
 @dataclass(frozen=True)
@@ -19,19 +22,36 @@ class Target:
     embedded: bool
 
     def client(self, job: Job) -> MemoryClient:
-        """A client as the job says: pool sized to the concurrency, one token bucket for all
-        its requests (lookups and writes alike), adaptive unless ``send.adaptive = false``."""
-        send = job.send
-        bucket = TokenBucket(send.rate, send.effective_burst)
-        return MemoryClient(
-            self.base_url,
-            self.credentials,
-            concurrency=send.concurrency,
-            bucket=bucket,
-            adaptive=AdaptiveRate(bucket, ceiling=send.rate) if send.adaptive else None,
-            retry=RetryPolicy(max_attempts=send.max_attempts),
-            timeout=send.timeout,
-        )
+        """A client as the job's ``[send]`` says (``client_for``)."""
+        return client_for(job.send, self.base_url, self.credentials)
+
+
+def client_for(
+    send: Send,
+    base_url: str,
+    credentials: Credentials,
+    *,
+    clock: Clock | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+    rng: random.Random | None = None,
+) -> MemoryClient:
+    """The one way a client is built from ``[send]``: pool sized to the concurrency, one token
+    bucket for all its requests (lookups and writes alike), adaptive unless
+    ``send.adaptive = false``. Benchmarks and the throttle simulation build theirs here too
+    (with their clock and transport), so what they measure is what ``backfill run`` sends."""
+    bucket = TokenBucket(send.rate, send.effective_burst, clock=clock)
+    return MemoryClient(
+        base_url,
+        credentials,
+        concurrency=send.concurrency,
+        bucket=bucket,
+        adaptive=AdaptiveRate(bucket, ceiling=send.rate) if send.adaptive else None,
+        retry=RetryPolicy(max_attempts=send.max_attempts),
+        timeout=send.timeout,
+        transport=transport,
+        clock=clock,
+        rng=rng,
+    )
 
 
 @contextmanager
