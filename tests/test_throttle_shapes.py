@@ -6,9 +6,8 @@ requests/s (8 in flight for the concurrency limiter). Targets: the job's rate 10
 limit -> at least 95 % and at most 1 %; the limit halved for 20 s and restored -> back above
 90 % of it within 10 s of each change.
 
-The current controller misses several: each miss is a strict xfail carrying the figures it
-measured (bench/throttle_shapes.py prints them all), so a controller that meets the target
-turns it into a failure until the mark is removed, and from then on a guard.
+Each miss is a strict xfail saying why (bench/throttle_shapes.py prints every figure), so a
+change that meets the target turns it into a failure until the mark is removed.
 """
 
 from __future__ import annotations
@@ -27,21 +26,15 @@ from throttle_sim import (
     simulate,
 )
 
-# (shape, Retry-After style, scenario) -> what the controller at 9da6301 measured (seed 1).
+# (shape, Retry-After style, scenario) -> what the controller measured (seed 1). Only the burst-1
+# token bucket misses, and no client can do better under this network: arrivals jittered by up to
+# 3.5 ms against a 10 ms spacing come closer than the bucket allows unless paced near 77 % of it
+# (a bound from the arrival model alone, BENCHMARKS.md). The controller settles near there.
 MISSES: dict[tuple[str, RetryAfterStyle, Scenario], str] = {
-    ("token-b1", "whole", "10x"): "62.1 % of the limit, 0.19 % 429s",
-    ("token-b1", "whole", "at-limit"): "56.1 % of the limit, 0.09 % 429s",
-    ("token-b1", "whole", "halved"): "never back above 90 % after the halving nor after it ended",
-    ("token-b10", "whole", "halved"): "3.9 s after the halving; never after the restore",
-    ("gcra", "whole", "halved"): "3.9 s after the halving; never after the restore",
-    ("fixed-1s", "whole", "10x"): "89.0 % of the limit, 0.35 % 429s",
-    ("fixed-1s", "whole", "halved"): "0.0 s after the halving; never after the restore",
-    ("sliding-1s", "whole", "10x"): "85.2 % of the limit, 0.33 % 429s",
-    ("sliding-1s", "whole", "at-limit"): "88.8 % of the limit, 0.04 % 429s",
-    ("sliding-1s", "whole", "halved"): "7.9 s after the halving; never after the restore",
-    ("concurrency-8", "whole", "10x"): "61.9 % of the limit, 0.16 % 429s",
-    ("concurrency-8", "whole", "halved"): "never back above 90 % after either change",
-    ("token-b1", "fraction", "10x"): "64.0 % of the limit, 0.18 % 429s",
+    (shape, style, scenario): "under the network's jitter no client holds a burst-1 limit"
+    for shape in ("token-b1",)
+    for style in ("whole", "fraction", "none")
+    for scenario in SCENARIOS
 }
 
 
@@ -51,14 +44,15 @@ def _case(shape: str, style: RetryAfterStyle, scenario: Scenario) -> object:
     return pytest.param(shape, style, scenario, marks=marks, id=f"{shape}-{style}-{scenario}")
 
 
-# Every shape and scenario with Twilio's whole-second Retry-After; a fractional one on the 10x
-# scenario of each rate shape, where the client must find the rate itself. (An absent one is in
-# the bench's table: today's client reads it as it reads a fraction, so the figures are equal.)
+# Every shape and scenario with Twilio's whole-second Retry-After; a fractional and an absent one
+# where the client must find the rate itself (10x, halved) for every rate shape. The
+# concurrency limiter sends none whatever the style.
 CASES = [_case(shape, "whole", scenario) for shape in LIMITS for scenario in SCENARIOS] + [
-    _case(shape, style, "10x")
-    for style in ("fraction",)
+    _case(shape, style, scenario)
+    for style in ("fraction", "none")
     for shape, limit in LIMITS.items()
     if limit.shape != "concurrency"
+    for scenario in ("10x", "halved")
 ]
 
 

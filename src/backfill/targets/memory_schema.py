@@ -338,13 +338,13 @@ async def wait_operation(
 
 
 def _poll_delay(retry_after: str | None, polls: int) -> float:
-    """Retry-After when the server gives whole seconds; else nothing before the first poll and
-    a doubling backoff between later ones."""
-    from backfill.transport.client import parse_retry_after
+    """Retry-After when the server gives one (whole or fractional seconds); else nothing before
+    the first poll and a doubling backoff between later ones."""
+    from backfill.transport.throttle import retry_after_seconds
 
-    seconds = parse_retry_after(retry_after)
+    seconds = retry_after_seconds(retry_after)
     if seconds:
-        return float(seconds)
+        return seconds
     return 0.0 if polls == 0 else min(POLL_CAP, POLL_FLOOR * 2.0 ** (polls - 1))
 
 

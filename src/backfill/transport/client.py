@@ -1,9 +1,11 @@
 """One async client for the Twilio Memory API: auth, pacing, retries, and nothing else.
 
-``MemoryClient.request`` sends one logical request and answers a ``Reply``: every attempt takes a
-token from the shared ``TokenBucket``; 429, 500, 503 and transport errors are retried with
-``RetryPolicy`` (Retry-After is honoured and pauses the whole bucket); 401/403 raise ``AuthError``;
-every other status is the caller's to judge.
+``MemoryClient.request`` sends one logical request and answers a ``Reply``: every attempt takes
+its weight from the shared ``TokenBucket``, then a place in the ``Window`` of requests in flight;
+429, 500, 503 and transport errors are retried with ``RetryPolicy`` (the request that got a 429
+waits its Retry-After; whether everyone waits is ``AdaptiveRate``'s call, on evidence); 401/403
+raise ``AuthError``; every other status is the caller's to judge. Every answer is reported to the
+``AdaptiveRate`` with what was known at the send (``Sent``).
 
 Two wires carry the bytes, behind one retry loop that does not know which it talks to:
 
@@ -32,12 +34,19 @@ from types import TracebackType
 from typing import Any, Final, Protocol
 from urllib.parse import quote
 
-import anyio
 import httpx
 
 from backfill import __version__
 from backfill.errors import AuthError, BackfillError, ConfigError, CredentialsMissing
-from backfill.transport.throttle import AdaptiveRate, Clock, SystemClock, TokenBucket
+from backfill.transport.throttle import (
+    AdaptiveRate,
+    Clock,
+    Sent,
+    SystemClock,
+    TokenBucket,
+    Window,
+    retry_after_seconds,
+)
 
 DEFAULT_BASE_URL = "https://memory.twilio.com"
 USER_AGENT = f"backfill/{__version__}"
@@ -54,7 +63,6 @@ RETRY_STATUSES = frozenset({429, 500, 503})
 # server failed somewhere, perhaps after applying it). 429 and 503 refuse before processing.
 UNKNOWN_OUTCOME = frozenset({None, 500})
 AUTH_STATUSES = frozenset({401, 403})
-_WHOLE_SECONDS = re.compile(r"[0-9]+")  # Retry-After as the API documents it: ^[0-9]+$
 
 # httpx transport errors that are our own doing, not the network's: retrying cannot help.
 _NOT_TRANSIENT = (httpx.UnsupportedProtocol, httpx.LocalProtocolError, httpx.ProxyError)
@@ -91,14 +99,6 @@ class Credentials:
         )
 
 
-def parse_retry_after(value: str | None) -> int | None:
-    """Whole seconds from a Retry-After header, or None when missing or not whole seconds."""
-    if value is None:
-        return None
-    text = value.strip()
-    return int(text) if _WHOLE_SECONDS.fullmatch(text) else None
-
-
 @dataclass(frozen=True)
 class RetryPolicy:
     """How many attempts a request gets and how long to wait between them."""
@@ -118,8 +118,8 @@ class RetryPolicy:
 
     def delay(self, attempt: int, retry_after: str | None, rng: random.Random) -> float:
         """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
-        seconds = parse_retry_after(retry_after)
-        if seconds is not None and seconds >= 1:
+        seconds = retry_after_seconds(retry_after)
+        if seconds is not None and seconds > 0:
             # Positive jitter only: workers must not wake in lockstep (hermes-agent#109234),
             # and none may come back before the server said.
             return seconds * (1.0 + rng.uniform(0.0, self.retry_after_jitter))
@@ -357,6 +357,9 @@ class MemoryClient:
             raise ConfigError(f"timeout must be positive, got {timeout}")
         if adaptive is not None and adaptive.bucket is not bucket:
             raise ConfigError("adaptive must steer this client's own bucket")
+        steered = adaptive.window if adaptive is not None else None
+        if steered is not None and steered.ceiling != concurrency:
+            raise ConfigError("adaptive's window must be as wide as the concurrency")
         self.base_url = str(url).rstrip("/")
         self.concurrency = concurrency
         self.bucket = bucket
@@ -372,7 +375,7 @@ class MemoryClient:
             self._clock = bucket.clock if bucket is not None else SystemClock()
         self._rng = rng if rng is not None else random.Random()
         self._wire: _Wire | None = None
-        self._slots: anyio.Semaphore | None = None
+        self._window = steered if steered is not None else Window(concurrency)
 
     @property
     def wire(self) -> str:
@@ -403,10 +406,6 @@ class MemoryClient:
             await http.__aenter__()
             wire = _HttpxWire(http)
         self._wire = wire
-        # Requests beyond `concurrency` queue here (FIFO) rather than in the pool, where they
-        # would count against its timeout. fast_acquire: a free slot costs no trip through the
-        # event loop (one a request, measured in BENCHMARKS.md).
-        self._slots = anyio.Semaphore(self.concurrency, fast_acquire=True)
         return self
 
     async def __aexit__(
@@ -434,6 +433,7 @@ class MemoryClient:
         headers: Mapping[str, str] | None = None,
         content: bytes | None = None,
         unknown: Callable[[], Awaitable[Reply | None]] | None = None,
+        weight: float = 1.0,
     ) -> Reply:
         """Send one request, retrying 429/500/503 and transport errors; see the module docstring.
 
@@ -447,11 +447,14 @@ class MemoryClient:
         ``path`` is relative to the base URL. ``headers`` are added to the client's own (e.g.
         ``If-Match``); the Reply's header names are lower-case.
 
+        ``weight`` is what the server's limit counts in this request (1, or the events a batch
+        carries): each attempt takes that many tokens, and the controller counts in it.
+
         Raises ``AuthError`` on 401/403 and ``BackfillError`` when the request cannot be built
         or sent at all (a bad URL, a body that is not JSON); never an httpx or aiohttp error.
         """
-        wire, slots = self._wire, self._slots
-        if wire is None or slots is None:
+        wire, window = self._wire, self._window
+        if wire is None:
             raise BackfillError(
                 "MemoryClient is not open; use it as `async with MemoryClient(...)`"
             )
@@ -473,34 +476,37 @@ class MemoryClient:
             attempt += 1
             if attempt > 1:
                 stats.retries += 1
-            async with slots:
-                if bucket is not None:
-                    await bucket.acquire()
+            # The token first, then a place in the window: a request waiting for its token
+            # is not in flight, so a full window means the server's answers are what is slow.
+            if bucket is not None:
+                await bucket.acquire(weight)
+            full = await window.acquire()
+            try:
+                sent = Sent(self._clock.now(), window.in_flight, full, weight)
                 stats.sent += 1
                 answer = await wire.send(method, path, content, params, headers)
+            finally:
+                window.release()
+            retry_after: str | None = None
             if isinstance(answer, str):
                 stats.transport_errors += 1
                 reply = Reply(None, None, {}, attempt, None, answer, throttled)
             else:
                 status = answer[0]
                 stats.by_status[status] += 1
+                retry_after = answer[1].get("retry-after")
                 if status == 429:
                     throttled += 1
                     stats.throttled += 1
                     if adaptive is not None:
-                        adaptive.on_throttled()  # before the hold below, as it expects
+                        adaptive.on_throttled(sent, retry_after_seconds(retry_after))
                 elif adaptive is not None:
-                    adaptive.on_accepted()
+                    adaptive.on_accepted(sent)
                 reply = _reply(answer, attempt, throttled)
                 if status in AUTH_STATUSES:
                     raise self._auth_error(reply, method, path)
                 if status not in RETRY_STATUSES:
                     return reply
-            retry_after = reply.headers.get("retry-after")
-            if reply.status == 429 and bucket is not None:
-                # The limit is the account's: every worker waits, not only this one.
-                pause = parse_retry_after(retry_after) or 0
-                bucket.hold(bucket.clock.now() + max(pause, self.retry.base))
             if attempt >= self.retry.max_attempts:
                 return reply
             await self._clock.sleep(self.retry.delay(attempt, retry_after, self._rng))

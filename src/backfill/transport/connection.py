@@ -12,7 +12,7 @@ import httpx
 from backfill.config import Job, Send
 from backfill.files import EMULATOR_STATE
 from backfill.transport.client import Credentials, MemoryClient, RetryPolicy
-from backfill.transport.throttle import AdaptiveRate, Clock, TokenBucket
+from backfill.transport.throttle import AdaptiveRate, Clock, TokenBucket, Window
 
 
 @dataclass(frozen=True)
@@ -40,12 +40,14 @@ def client_for(
     ``send.adaptive = false``. Benchmarks and the throttle simulation build theirs here too
     (with their clock and transport), so what they measure is what ``backfill run`` sends."""
     bucket = TokenBucket(send.rate, send.effective_burst, clock=clock)
+    window = Window(send.concurrency)
+    adaptive = AdaptiveRate(bucket, ceiling=send.rate, window=window, steer=send.adaptive)
     return MemoryClient(
         base_url,
         credentials,
         concurrency=send.concurrency,
         bucket=bucket,
-        adaptive=AdaptiveRate(bucket, ceiling=send.rate) if send.adaptive else None,
+        adaptive=adaptive,
         retry=RetryPolicy(max_attempts=send.max_attempts),
         timeout=send.timeout,
         transport=transport,

@@ -11,10 +11,11 @@ server allows.
 
 from __future__ import annotations
 
+import email.utils
 import math
 import time
 from collections import deque
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import anyio
 
@@ -62,7 +63,8 @@ class TokenBucket:
     """``rate`` tokens a second, at most ``burst`` saved; waiters served first come, first served.
 
     One bucket is shared by every worker of an account, and every HTTP attempt (retries included)
-    takes one token. ``hold(until)`` pauses the whole bucket, e.g. for a 429's Retry-After.
+    takes its weight in tokens: 1 for a request, or what the server counts in it (events).
+    ``hold(until)`` pauses the whole bucket, e.g. while the server refuses everything.
     """
 
     def __init__(self, rate: float, burst: int, clock: Clock | None = None) -> None:
@@ -129,8 +131,13 @@ class TokenBucket:
         a burst (whatever was saved until then, idle time included)."""
         self._drop_burst = True
 
-    async def acquire(self) -> None:
-        """Take one token, waiting behind earlier callers as needed."""
+    async def acquire(self, weight: float = 1.0) -> None:
+        """Take ``weight`` tokens, waiting behind earlier callers as needed.
+
+        A request heavier than the burst goes when the bucket is full and leaves it in debt, which
+        later requests wait out: the rate holds over time whatever the weights.
+        """
+        need = min(weight, float(self._burst))
         async with self._lock:
             if self._drop_burst:
                 self._drop_burst = False
@@ -141,11 +148,11 @@ class TokenBucket:
                 self._refill(now)
                 if now < self._held_until:
                     wait = self._held_until - now
-                elif self._tokens >= 1.0 - _SLACK:
-                    self._tokens -= 1.0
+                elif self._tokens >= need - _SLACK:
+                    self._tokens -= weight
                     return
                 else:
-                    wait = (1.0 - self._tokens) / self._rate
+                    wait = (need - self._tokens) / self._rate
                 with anyio.CancelScope() as scope:
                     self._wake = scope
                     try:
@@ -160,26 +167,126 @@ class TokenBucket:
             self._updated = now
 
 
-# AdaptiveRate's tuning. Each value was chosen with, and is checked by, the simulation in
-# tests/test_adaptive.py (a server bucket of R/s, burst R/10, Retry-After "1", 16 workers).
+class Window:
+    """At most ``limit`` requests in flight, waiters served first come, first served.
+
+    The limit moves between 1 and ``ceiling`` (the pool's size) while requests wait: lowering it
+    stops new sends until enough answers came back, raising it lets waiters go at once. Why not
+    a semaphore: a concurrency limit on the server is found by moving this one (``AdaptiveRate``).
+    """
+
+    def __init__(self, ceiling: int) -> None:
+        if isinstance(ceiling, bool) or not isinstance(ceiling, int) or ceiling < 1:
+            raise ConfigError(f"concurrency must be a whole number of at least 1, got {ceiling!r}")
+        self._ceiling = ceiling
+        self._limit = ceiling
+        self._in_flight = 0
+        self._waiters: deque[anyio.Event] = deque()
+
+    @property
+    def ceiling(self) -> int:
+        return self._ceiling
+
+    @property
+    def limit(self) -> int:
+        return self._limit
+
+    @limit.setter
+    def limit(self, value: int) -> None:
+        self._limit = max(1, min(self._ceiling, int(value)))
+        self._wake()
+
+    @property
+    def in_flight(self) -> int:
+        """Requests holding a place now."""
+        return self._in_flight
+
+    async def acquire(self) -> bool:
+        """Take a place, waiting behind earlier callers; free places cost no event-loop trip.
+
+        True when the window was full: this request waited, or took the last place."""
+        if self._in_flight < self._limit and not self._waiters:
+            self._in_flight += 1
+            return self._in_flight >= self._limit
+        event = anyio.Event()
+        self._waiters.append(event)
+        try:
+            await event.wait()
+        except BaseException:
+            if event.is_set():  # handed a place as it was cancelled: pass it on
+                self.release()
+            else:
+                self._waiters.remove(event)
+            raise
+        return True
+
+    def release(self) -> None:
+        self._in_flight -= 1
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters and self._in_flight < self._limit:
+            self._in_flight += 1  # handed over: the waiter owns it when it wakes
+            self._waiters.popleft().set()
+
+
+class Sent(NamedTuple):
+    """What the client knew when it sent a request, reported with its answer."""
+
+    at: float  # monotonic send time
+    in_flight: int  # requests in flight at the send, this one included
+    full: bool  # the window was full: the send waited for (or took) its last place
+    weight: float = 1.0
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """Seconds from a Retry-After header: whole (as Twilio sends them) or fractional, or an
+    HTTP date; None when missing or unreadable (negative, not a number, no date)."""
+    if value is None:
+        return None
+    text = value.strip()
+    try:
+        seconds = float(text)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(text)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            return None
+        seconds = when.timestamp() - time.time()
+        return max(0.0, seconds)
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None
+
+
+# AdaptiveRate's tuning. Each value was chosen with, and is checked by, the simulation of every
+# server limiter shape (tests/throttle_sim.py, tests/test_throttle_shapes.py, BENCHMARKS.md).
 _DIP = 0.9  # every event drops the rate at least to this share of its rate, for _RECOVER s
 _MAX_CUT = 0.05  # one event never cuts below this share of the rate it happened at
 _HORIZON = 10.0  # seconds of accepted answers the capacity estimate looks back over
 _MAX_SAMPLES = 20_000  # ... and at most this many of them
-_RECOVER = 2.0  # seconds to climb (concave) from the dip to the target
-_PLATEAU = 20.0  # seconds held at the target before probing above it; doubles per failed probe
-_PLATEAU_MAX = 160.0
+_RECOVER = 1.0  # seconds to climb (concave) from the dip to the target
+_PLATEAU = 2.0  # seconds held at the target before probing above it; doubles per failed probe
+_PLATEAU_MAX = 3.0
 _MOVED = 1.1  # a probe whose event lifts the target more than this found room: plateau reset
-_PLATEAU_SHORT = 2.0  # the plateau after an estimate drawn from too short a stretch to trust
+_PLATEAU_SHORT = 0.5  # the plateau after an estimate drawn from too short a stretch to trust
 _CONFIDENT = 0.5  # an estimate drawn from this many seconds of answers or more is trusted
-_PROBE = 10.0  # seconds a probe takes to climb _PROBE_GAIN above the target (cubic: slow start)
-_PROBE_FAST = 5.0  # ... after an estimate that is not trusted
-_PROBE_GAIN = 0.1
+_PROBE = 1.5  # seconds a probe takes to climb _PROBE_GAIN above the target (cubic: slow start)
+_PROBE_FAST = 0.75  # ... after an estimate that is not trusted
+_PROBE_GAIN = 0.02
 _IDLE = 1.0  # growth time advances at most this much between two accepted answers
 _SILENCE = 0.05  # a pause in the answers longer than this (and than _SILENT answers' worth)
 _SILENT = 10  # means they stopped (a stall, not a capacity): evidence starts after it
 _SPARE_AFTER = 10.0  # an unexplained event this long after the last keeps the target
+_AGAIN = 0.03  # two failed probes this close in rate: the limit is there
 _STEP = 1e-3  # smaller relative changes are not passed on to the bucket
+_HOLD_FIRST = 0.05  # the first whole-run hold; grows while the server keeps refusing ...
+_HOLD_GROWTH = 1.5  # ... by this factor: the spell is overshot by less than half
+_HOLD_MAX = 2.0  # the longest whole-run hold without a Retry-After to go by
+_RTT_SPAN = 1.0  # seconds of accepted answers the in-flight estimate (Little's law) uses
+_WINDOW_STEP = 1.0  # seconds of growth time per place the window grows by, once probing
+_BY_LOAD = 0.5  # seconds of answers that tell a concurrency limit from a rate limit
+_REFUSED_SHARE = 0.25  # this share of fresh answers refused (>= 2): the reaction fell short
 
 
 def _check_share(name: str, value: float, *, low: float, high: float) -> float:
@@ -189,62 +296,70 @@ def _check_share(name: str, value: float, *, low: float, high: float) -> float:
 
 
 class AdaptiveRate:
-    """Steers ``bucket.rate`` from the server's answers: down on 429, slowly back up on success.
+    """Steers the bucket's rate and the window of requests in flight from the server's answers.
 
-    Why: the Memory API publishes no request rate, so a run's configured ``rate`` is a guess; too
-    high and it hammers the server. The client reports every HTTP answer here: ``on_throttled()``
-    for a 429, ``on_accepted()`` for any other status. The rate stays in ``[floor, ceiling]``,
-    the ceiling being the configured rate, and starts there: the guess is honoured until the
-    server objects.
+    Why: the Memory API publishes no limit, nor its shape (token bucket, windows, requests in
+    flight), so a run's configured ``rate`` and ``concurrency`` are guesses. The client reports
+    every HTTP answer with what it knew at the send (``Sent``): ``on_throttled`` for a 429,
+    ``on_accepted`` for any other status. The rate stays in ``[floor, ceiling]`` (the ceiling
+    being the configured rate) and the window in ``[1, concurrency]``; both start at the top:
+    the guess is honoured until the server objects.
 
-    Pitfalls this answers (field notes on rate control and Retry-After):
+    **Events.** A 429 answers a request sent at some time. If it was sent before the controller
+    last reacted, it is old news (the reaction already covers it). The first fresh 429 begins a
+    congestion event, acted on once; fresh 429s within ``window`` seconds of it that are mixed
+    with accepted answers are the noise of a limit held closely (jitter), not new events: cutting
+    on every 429 (the AWS SDK's adaptive mode) reached ~41 % of the capacity
+    (aws/aws-sdk-java-v2#7197).
 
-    * Cut once per congestion event, not per 429. The 429s that arrive within ``window`` seconds
-      of a cut, or while the bucket is paused, answer requests sent before the cut. A simulation
-      of cutting on every 429 (the AWS SDK's adaptive mode) reached ~41% of the server's capacity
-      (aws/aws-sdk-java-v2#7197).
-    * Events are expensive here: the client pauses the whole bucket for the 429's Retry-After
-      (whole seconds, at least 1). A plain AIMD sawtooth between 0.7 R and R averages ~85% of the
-      capacity R and pays a one-second pause per tooth. So events must be rare once converged:
-      the rate goes back to just under the capacity, stays there, and probes above it rarely.
+    **Which limit.** If the window was full when the request of an event was sent, the window is
+    what pressed on the server (it limits requests in flight, as Twilio's 20429 also does): the
+    window drops to what the accepted answers carried, by Little's law (accepted per second times
+    their round trip, rounded down), and at least by one. Otherwise the rate does.
 
-    How, per congestion event at rate ``r``:
+    **Holding the whole run.** A 429's ``Retry-After`` is honoured by the request that got it
+    (``RetryPolicy``). The whole run is held only on evidence that the server refuses everything:
+    a fresh 429 after the reaction, with nothing accepted since (a fixed window spent, a
+    blocked account). The hold starts at ``_HOLD_FIRST`` and doubles while the refusals go on,
+    up to the Retry-After when it is whole seconds (Twilio's rounding: "1" may mean 10 ms) or
+    exactly the Retry-After when it is fractional (a measurement). A single 429 among accepted
+    answers stalls nothing: with the old rule (every 429 held every worker for its whole-second
+    Retry-After), a burst-1 limiter set at the run's own rate cost over half the throughput.
+
+    **The rate, per event at rate ``r``:**
 
     1. Estimate the capacity from the answers accepted before it, assuming the server is a
-       token bucket whose burst is about ``server_burst`` seconds of its rate (as ours and the
-       emulator's: a tenth of a second). A 429 means its bucket was empty; in any window of T
-       seconds it accepted at most ``burst + R*T`` requests, so ``R >= n / (server_burst + T)``
-       for the n answers accepted in the last T seconds, with equality from the moment it began
-       to run dry. The estimate is the largest such value over windows that start no earlier
-       than the bucket's last resume, ``_HORIZON`` seconds back, or a silence in the answers
-       (a stall, during which the server's bucket refilled): older answers may reflect a
-       capacity since lost. Answers still arriving while the bucket is paused were sent before
-       it, and refine the estimate. With few answers it errs low (by up to one answer's worth),
-       never high: a second event costs more than a few seconds a little under the capacity.
+       token bucket whose burst is about ``server_burst`` seconds of its rate. In any window of
+       T seconds it accepted at most ``burst + R*T``, so ``R >= n / (server_burst + T)`` for the
+       n (weighted) answers accepted in the last T seconds. The estimate is the largest such value
+       over windows that start no earlier than the previous event, ``_HORIZON`` seconds back, or
+       a silence in the answers (a stall). Answers still arriving for requests sent before the
+       reaction refine it.
     2. If the estimate explains the 429 (it is below ``r``), target ``(1 - margin) * estimate``:
-       the rate drops there, or to ``_DIP * r`` if that is lower (in case the estimate is high),
-       and climbs back to the target in ``_RECOVER`` seconds. If it does not (answers came as
-       fast as they were sent: a stall bunched them, or the server's burst is larger than
-       assumed), the rate drops to ``_DIP * r`` (to ``beta * r`` when there were no answers at
-       all) and climbs back to the target it had, or to just under ``r`` if that was above it
-       (CUBIC's plateau below the last congestion point); such a 429 within ``_SPARE_AFTER``
-       seconds of the last lowers the target by the margin. One event never cuts below
-       ``_MAX_CUT * r``.
-    3. Hold the target for ``_PLATEAU`` seconds, then probe above it, slowly at first (cubic in
-       time), up to the ceiling. A probe that ends in a 429 doubles the plateau (up to
-       ``_PLATEAU_MAX``): the capacity has not grown, so the next probe waits longer; one that
-       lifts the target by more than ``_MOVED`` found room and resets it. An estimate from
-       less than ``_CONFIDENT`` seconds of answers (typically a run that opened far above the
-       capacity) leans on the burst assumption: it is held only ``_PLATEAU_SHORT`` seconds and
-       probed twice as fast, in case it was low. That early probe is a probe like any other: if
-       it finds no room, the plateau doubles too (each failed probe costs a whole Retry-After
-       pause, about 2 % of a 45 s run at 100/s; the early one already confirmed the estimate).
+       the rate drops there, or to ``_DIP * r`` if that is lower, and climbs back to the target
+       in ``_RECOVER`` seconds. If it does not, the rate dips to ``_DIP * r`` (``beta * r``
+       without answers) and climbs back to the old target, or to just under ``r`` if that was
+       above it; such a 429 within ``_SPARE_AFTER`` seconds of the last lowers the target by the
+       margin. One event never cuts below ``_MAX_CUT * r``.
+    3. Hold the target ``_PLATEAU`` seconds, then probe above it, slowly at first (cubic in
+       time: ``_PROBE_GAIN`` in ``_PROBE`` seconds, +80 % in 3.4 times that), up to the ceiling.
+       A failed probe doubles the plateau, up to ``_PLATEAU_MAX``: short enough that a limit
+       restored after a cut is found again within ten seconds, long enough that events stay
+       rare once the limit is held (each costs a 429 or two, no pause). An estimate from less than
+       ``_CONFIDENT`` seconds of answers (a run that opened far above the capacity) rests on the
+       burst assumption: it is held only ``_PLATEAU_SHORT`` and probed twice as fast.
+
+    **The window** after a window event stays at its new size for the plateau, then grows by one
+    place per ``_WINDOW_STEP`` seconds while it is full (a window nobody fills is not probed).
 
     Growth is clocked by success: the growth time advances by the time between accepted answers,
-    at most ``_IDLE`` at a time, so an idle or failing spell does not raise the rate.
+    at most ``_IDLE`` at a time, so an idle or failing spell raises nothing.
 
-    The bucket's first grant also finds no saved burst (``TokenBucket.drop_burst``): a burst at
+    The bucket's first grant finds no saved burst (``TokenBucket.drop_burst``): a burst at
     the start spends the server's burst too, and leaves it no slack for jitter at an equal rate.
+
+    With ``steer=False`` (``send.adaptive = false``) the rate and the window stay as configured;
+    only the whole-run holds apply.
 
     Not thread-safe; call it from the event loop that uses the bucket.
     """
@@ -254,40 +369,65 @@ class AdaptiveRate:
         bucket: TokenBucket,
         *,
         ceiling: float,
+        window: Window | None = None,
         clock: Clock | None = None,
         floor: float = 0.1,
         beta: float = 0.7,
         margin: float = 0.02,
-        window: float = 1.0,
+        event_window: float = 1.0,
         server_burst: float = 0.1,
+        steer: bool = True,
     ) -> None:
         self._ceiling = _check_rate(ceiling)
         self._floor = min(_check_rate(floor), self._ceiling)
         self._beta = _check_share("beta", beta, low=0.05, high=1.0)
         self._margin = _check_share("margin", margin, low=0.0, high=0.5)
-        self._window = _check_share("window", window, low=0.0, high=math.inf)
+        self._window_s = _check_share("event_window", event_window, low=0.0, high=math.inf)
         self._burst_time = _check_rate(server_burst)
         self._bucket = bucket
+        self._window = window
+        self._steer = steer
         # The time line of bucket.held_until, unless the caller knows better.
         self._clock: Clock = clock if clock is not None else bucket.clock
-        self._times: deque[float] = deque(maxlen=_MAX_SAMPLES)  # when answers were accepted
-        self._event_at = -math.inf  # when the current congestion event began
-        self._stretch = -math.inf  # when the bucket resumed before it: the evidence starts there
+        # Accepted answers: (time, weight, round trip).
+        self._answers: deque[tuple[float, float, float]] = deque(maxlen=_MAX_SAMPLES)
+        # Every answer of the last _BY_LOAD seconds: (time, in flight at its send, refused).
+        self._by_load: deque[tuple[float, int, bool]] = deque(maxlen=_MAX_SAMPLES)
+        self._fresh = [0, 0]  # answers to requests sent since the last reaction: [ok, refused]
+        self._event_at = -math.inf  # when the current rate event began
+        self._last_event = -math.inf  # when the last event (rate or window) began
+        self._reacted = -math.inf  # when the controller last acted (event or hold)
+        self._stretch = -math.inf  # where the evidence for the next estimate starts
         self._event_rate = self._ceiling  # the rate it began at
+        self._prior_rate = 0.0  # the rate the rate event before it began at
+        self._probed = False  # the current rate event came while probing above the target
         self._base = self._target = self._ceiling
         self._plateau = _PLATEAU
         self._hold_for = _PLATEAU
         self._probe = _PROBE
         self._confident = True
-        self._grown = 0.0  # growth time since the bucket resumed after the event
+        self._grown = 0.0  # growth time since the event
         self._seen = -math.inf  # when growth time last advanced
-        self._pause_end: float | None = None  # end of the pause the client began for the event
         self._cuts = 0
+        self._window_cuts = 0
+        self._holds = 0
+        self._hold = _HOLD_FIRST
+        self._hold_spent = False  # the last hold was as long as the server asked
+        # (start, end, weight) of the answers accepted before the current spell of holds
+        self._spell: tuple[float, float, float] | None = None
         self._throttled = 0
         self._estimate: float | None = None
         self._explained = True  # whether the last event's answers explained it
         self._spare = True  # whether an unexplained event may keep the target
         self._previous = self._ceiling  # the target before the current event
+        self._refining = False  # old answers still refine the current rate event
+        # The window's own schedule: its size after the last window event, and growth since.
+        self._w_target = window.ceiling if window is not None else 0
+        self._w_grown = 0.0
+        self._w_plateau = _PLATEAU
+        self._w_probing = False
+        self._w_event_at = -math.inf
+        self._w_seen = -math.inf
         bucket.rate = min(bucket.rate, self._ceiling)
         bucket.drop_burst()
 
@@ -297,8 +437,13 @@ class AdaptiveRate:
         return self._bucket
 
     @property
+    def window(self) -> Window | None:
+        """The window of requests in flight this steers, if any."""
+        return self._window
+
+    @property
     def rate(self) -> float:
-        """The bucket's current rate, requests a second."""
+        """The bucket's current rate, in weight a second."""
         return self._bucket.rate
 
     @property
@@ -316,8 +461,18 @@ class AdaptiveRate:
 
     @property
     def cuts(self) -> int:
-        """Congestion events acted on (one per burst of 429s)."""
+        """Congestion events acted on, rate and window alike (one per burst of 429s)."""
         return self._cuts
+
+    @property
+    def window_cuts(self) -> int:
+        """Of the ``cuts``, those that moved the window rather than the rate."""
+        return self._window_cuts
+
+    @property
+    def holds(self) -> int:
+        """Whole-run holds: fresh 429s with nothing accepted since the last reaction."""
+        return self._holds
 
     @property
     def throttled(self) -> int:
@@ -326,57 +481,123 @@ class AdaptiveRate:
 
     @property
     def estimate(self) -> float | None:
-        """The capacity estimated at the last event; None before any, or without answers."""
+        """The capacity estimated at the last rate event; None before any, or without answers."""
         return self._estimate
 
-    def on_throttled(self) -> None:
-        """A 429 arrived. Call before pausing the bucket for its Retry-After."""
+    def on_throttled(self, sent: Sent, retry_after: float | None = None) -> None:
+        """A 429 arrived for a request sent as ``sent`` says, with its Retry-After in seconds."""
         now = self._clock.now()
         self._throttled += 1
+        self._note(now, sent, refused=True)
+        if sent.at < self._reacted:
+            return  # old news: sent before the last reaction, which covers it
+        ok, refused = self._fresh
+        self._fresh[1] = refused = refused + 1
+        window = self._window
+        concurrent = False
+        if window is not None and self._steer and sent.in_flight > 1 and self._cuts:
+            # Not at the first event: as a run opens, the number in flight grows while a rate
+            # limit's allowance runs out, and the two look alike. None (nothing sent with fewer
+            # in flight answered yet: quick refusals, slow answers) points at a window too.
+            concurrent = self._concurrent(sent) is not False
+        if ok == 0 and self._last_event > -math.inf and not concurrent:
+            # Refused since, none accepted: hold everyone. After a hold as long as the server
+            # asked, the rate is what it refuses, not a spent window: cut it too.
+            spent = self._hold_spent
+            self._hold_all(now, retry_after)
+            if spent and self._steer:
+                self._last_event = now
+                self._rate_event(now)
+            return
+        short = refused >= 2 and refused > _REFUSED_SHARE * (ok + refused)
+        if now < self._last_event + self._window_s and not short:
+            return  # noise around a limit held closely: the event was acted on
+        self._last_event = self._reacted = now
+        self._fresh = [0, 0]
+        self._hold = _HOLD_FIRST
+        self._hold_spent = False
+        if not self._steer:
+            return  # send.adaptive = false: the rate and window stay as configured
+        if concurrent and window is not None:
+            self._window_event(now, window, sent)
+        else:
+            self._rate_event(now)
+
+    def _note(self, now: float, sent: Sent, *, refused: bool) -> None:
+        by_load = self._by_load
+        by_load.append((now, sent.in_flight, refused))
+        while by_load[0][0] < now - _BY_LOAD:
+            by_load.popleft()
+
+    def _concurrent(self, sent: Sent) -> bool | None:
+        """Whether a refusal points at the number in flight rather than the rate: of the
+        answers of the last ``_BY_LOAD`` seconds, those sent with as many in flight or more were
+        mostly refused and those sent with fewer were not (a rate limit refuses whatever the
+        number in flight). None when nothing was sent with fewer: too early to tell."""
+        low = [0, 0]
+        high = [0, 0]
+        for _, in_flight, refused in self._by_load:
+            counts = high if in_flight >= sent.in_flight else low
+            counts[refused] += 1
+        if low[0] + low[1] == 0:
+            return None
+        share_low = low[1] / (low[0] + low[1])
+        share_high = high[1] / max(1, high[0] + high[1])
+        return share_high >= 0.5 and share_low <= 0.1
+
+    def on_accepted(self, sent: Sent) -> None:
+        """An HTTP answer other than 429 arrived (an error status too: the server let it in)."""
+        now = self._clock.now()
+        answers = self._answers
+        answers.append((now, sent.weight, now - sent.at))
+        while answers[0][0] < now - _HORIZON:
+            answers.popleft()
+        self._note(now, sent, refused=False)
+        if sent.at >= self._reacted:
+            self._fresh[0] += 1
+            if self._spell is not None:
+                self._after_spell(now)
+        elif self._refining:  # sent before the reaction: more evidence about the event
+            self._decide()
+            return
         held = self._bucket.held_until
-        if now < self._event_at + self._window or now < held:
-            if self._pause_end is None:
-                self._pause_end = held
-            return  # the same event: an answer to a request sent before the cut
+        if now < held:
+            return  # no growth while held
+        if self._event_at > -math.inf:  # after a rate event: the rate's schedule
+            self._grown += min(now - max(self._seen, self._event_at, held), _IDLE)
+            self._seen = now
+            self._apply(self._schedule(self._grown))
+        window = self._window
+        if window is not None and sent.full and self._w_event_at > -math.inf:
+            self._w_grown += min(now - max(self._w_seen, self._w_event_at, held), _IDLE)
+            self._w_seen = now
+            self._grow_window(window)
+
+    # --- rate ------------------------------------------------------------------------------
+
+    def _rate_event(self, now: float) -> None:
         probed = self._grown > _RECOVER + self._hold_for  # the rate was above the target
+        self._probed = probed
         probing = self._confident and probed
         previous = self._previous = self._target
         # An unexplained event may leave the target be; one soon after another lowers it.
         self._spare = probing or self._explained or now - self._event_at >= _SPARE_AFTER
-        self._stretch = held
+        # Evidence starts at the previous event; a hold since shows as a silence in the
+        # answers, where _measure stops too.
+        self._stretch = self._event_at
         self._event_at = now
+        self._prior_rate = self._event_rate if self._cuts else 0.0
         self._event_rate = self._bucket.rate
         self._cuts += 1
         self._grown = 0.0
         self._seen = -math.inf
-        self._pause_end = None
+        self._refining = True
         self._decide()
         if self._target > _MOVED * previous:  # the capacity grew: probe as often as at first
             self._plateau = _PLATEAU
         elif probed:  # a failed probe: the capacity has not grown, probe less often
             self._plateau = min(_PLATEAU_MAX, 2.0 * self._plateau)
         self._phases()
-
-    def on_accepted(self) -> None:
-        """An HTTP answer other than 429 arrived (an error status too: the server let it in)."""
-        now = self._clock.now()
-        times = self._times
-        times.append(now)
-        while times[0] < now - _HORIZON:
-            times.popleft()
-        if self._event_at == -math.inf:
-            return  # no event yet: the rate stays where it started
-        held = self._bucket.held_until
-        if self._pause_end is None:
-            self._pause_end = held  # the client paused the bucket right after on_throttled
-        if now < held:  # no growth while paused
-            if now < self._pause_end:  # sent before the event's pause: more evidence about it
-                self._decide()
-            return
-        last = max(self._seen, self._event_at, held)
-        self._grown += min(now - last, _IDLE)
-        self._seen = now
-        self._apply(self._schedule(self._grown))
 
     def _decide(self) -> None:
         """Set the target, the dip and the plateau for the current event, and apply the dip."""
@@ -385,7 +606,10 @@ class AdaptiveRate:
         explained = False
         if estimate is not None and estimate < rate:
             explained = True
-            target = (1.0 - self._margin) * estimate
+            # Two events at about the same rate: the limit is there, whatever the estimate
+            # (a window limiter has no burst, and the estimate's burst allowance reads low).
+            again = self._probed and abs(rate - self._prior_rate) <= _AGAIN * rate
+            target = (1.0 - self._margin) * (max(estimate, rate) if again else estimate)
             base = min(target, _DIP * rate)
         else:  # the answers do not explain the 429: a multiplicative cut, deep without answers
             base = (self._beta if estimate is None else _DIP) * rate
@@ -412,34 +636,40 @@ class AdaptiveRate:
     def _measure(self) -> tuple[float | None, float]:
         """The capacity estimate at the current event, and the span of answers it rests on.
 
-        Windows end at the event, or at the last answer still arriving from before the pause.
-        They reach back no further than the end of the previous pause, ``_HORIZON`` seconds, or
-        a silence in the answers: before those the server's bucket may have refilled, or its
-        capacity may have been another.
+        Windows end at the event, or at the last answer still arriving from before it. They
+        reach back no further than the previous event, ``_HORIZON`` seconds, or a silence in
+        the answers: before those the server's bucket may have refilled, or its capacity may
+        have been another.
         """
-        end = max(self._event_at, self._times[-1]) if self._times else self._event_at
+        answers = self._answers
+        end = max(self._event_at, answers[-1][0]) if answers else self._event_at
         start = max(self._stretch, end - _HORIZON)
         silence = max(_SILENCE, _SILENT / self._event_rate)
-        best, span, n = 0.0, 0.0, 0
+        best, span, n, seen = 0.0, 0.0, 0.0, False
         later = end
-        for at in reversed(self._times):
+        for at, weight, _ in reversed(answers):
             if at < start or later - at > silence:
                 break
             later = at
-            n += 1
+            n += weight
+            seen = True
             elapsed = max(0.0, end - at)
             value = n / (self._burst_time + elapsed)
             if value > best:
                 best, span = value, elapsed
-        return (best, span) if n else (None, 0.0)
+        if not seen:
+            return None, 0.0
+        return best, span
 
     def _schedule(self, t: float) -> float:
-        """The rate ``t`` seconds of growth after the bucket resumed from the event's pause."""
+        """The rate ``t`` seconds of growth after the event."""
         if t < _RECOVER:
             rate = self._target - (self._target - self._base) * (1.0 - t / _RECOVER) ** 3
         elif t < _RECOVER + self._hold_for:
+            self._refining = False
             rate = self._target
         else:
+            self._refining = False
             x = (t - _RECOVER - self._hold_for) / self._probe
             rate = self._target * (1.0 + _PROBE_GAIN * x**3)
         return min(self._ceiling, max(self._floor, rate))
@@ -450,3 +680,106 @@ class AdaptiveRate:
             return
         if abs(rate - current) >= _STEP * current or rate in (self._target, self._ceiling):
             self._bucket.rate = rate
+
+    # --- window ----------------------------------------------------------------------------
+
+    def _window_event(self, now: float, window: Window, sent: Sent) -> None:
+        """Below the number in flight that was refused, and what the accepted answers carried
+        (Little's law), and at least one place less."""
+        self._cuts += 1
+        self._window_cuts += 1
+        carried = self._carried(now)
+        size = min(window.limit, sent.in_flight) - 1
+        if carried is not None:
+            size = min(size, math.floor(carried))
+        # At most halved by one event: early in a run the number in flight grows as a rate
+        # limit's allowance runs out, and a rate limit can pass for a concurrency limit.
+        size = max(size, window.limit // 2)
+        if self._w_probing:  # a failed probe: probe less often
+            self._w_plateau = min(_PLATEAU_MAX, 2.0 * self._w_plateau)
+        self._w_probing = False
+        self._w_target = max(1, size)
+        self._w_grown = 0.0
+        self._w_event_at = now
+        self._w_seen = -math.inf
+        window.limit = self._w_target
+
+    def _carried(self, now: float) -> float | None:
+        """Requests in flight the accepted answers of the last ``_RTT_SPAN`` s carried."""
+        count, total, first = 0, 0.0, now
+        for at, _, rtt in reversed(self._answers):
+            if at < now - _RTT_SPAN:
+                break
+            count += 1
+            total += rtt
+            first = at
+        if count < 2 or now <= first:
+            return None
+        return count / (now - first) * (total / count)
+
+    def _grow_window(self, window: Window) -> None:
+        if window.limit >= window.ceiling:
+            return
+        past = self._w_grown - self._w_plateau
+        if past < _WINDOW_STEP:
+            return
+        self._w_probing = True
+        self._w_grown = self._w_plateau  # one place a step
+        window.limit = window.limit + 1
+
+    # --- holds -----------------------------------------------------------------------------
+
+    def _hold_all(self, now: float, retry_after: float | None) -> None:
+        """The server refused a request sent after the last reaction, and accepted none: pause
+        every worker, as briefly as the evidence allows (see the class docstring)."""
+        if retry_after is not None and retry_after != math.floor(retry_after):
+            pause = retry_after  # fractional: the server measured it
+            self._hold_spent = True
+        else:
+            most = _HOLD_MAX if retry_after is None else retry_after
+            pause = min(self._hold, most)
+            self._hold_spent = pause >= most
+            self._hold = min(_HOLD_GROWTH * self._hold, most)
+        if self._spell is None and self._event_at > -math.inf:
+            self._spell = self._allowance()
+        self._holds += 1
+        self._reacted = now
+        self._fresh = [0, 0]
+        if pause > 0:
+            self._bucket.hold(now + pause)
+
+    def _allowance(self) -> tuple[float, float, float]:
+        """When the last unbroken run of accepted answers began and ended, and their weight:
+        what the server let through before it began refusing everything."""
+        answers = self._answers
+        if not answers:
+            return self._event_at, self._event_at, 0.0
+        silence = max(_SILENCE, _SILENT / self._bucket.rate)
+        later, start, n = answers[-1][0], answers[-1][0], 0.0
+        for at, weight, _ in reversed(answers):
+            if later - at > silence:
+                break
+            later = start = at
+            n += weight
+        return start, answers[-1][0], n
+
+    def _after_spell(self, now: float) -> None:
+        """The first answer accepted after a spell of refusing everything: the allowance before
+        the spell, over the time from its start until now, is the server's rate (a fixed
+        window's limit per window). The burst allowance in ``_measure`` reads that allowance as
+        a rate several times too high."""
+        spell, self._spell = self._spell, None
+        if spell is None or not self._steer:
+            return
+        start, end, n = spell
+        if now <= start or n <= 0 or end - start > now - end:
+            return  # not an allowance spent in a burst, then a longer wait: a rate, not a window
+        # The holds overshot the spell's end by less than _HOLD_GROWTH - 1 of it: the rate is
+        # at most that much above n over the time since the allowance began.
+        rate = _HOLD_GROWTH * n / (now - start)
+        target = (1.0 - self._margin) * rate
+        if target < self._target:
+            self._estimate = rate
+            self._target = max(self._floor, target)
+            self._base = min(self._base, self._target)
+            self._apply(min(self._bucket.rate, self._target))
