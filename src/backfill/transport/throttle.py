@@ -93,6 +93,14 @@ class TokenBucket:
     def burst(self) -> int:
         return self._burst
 
+    @burst.setter
+    def burst(self, value: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"burst must be a whole number of at least 1, got {value!r}")
+        self._refill(self._clock.now())
+        self._burst = value
+        self._tokens = min(self._tokens, float(value))
+
     @property
     def rate(self) -> float:
         return self._rate
@@ -590,6 +598,7 @@ class AdaptiveRate:
         self._event_rate = self._bucket.rate
         self._cuts += 1
         self._grown = 0.0
+        self._bucket.burst = 1  # the server objected: pace evenly from now on
         self._seen = -math.inf
         self._refining = True
         self._decide()
