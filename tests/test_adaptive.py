@@ -191,6 +191,58 @@ def test_failed_probes_at_the_same_rate_settle_the_target_there() -> None:
     assert adaptive.target == pytest.approx(98.0)
 
 
+def test_429s_on_the_plateau_above_the_budget_lower_the_target() -> None:
+    """Refused more than 1 % of the time while holding the target: the estimate is not to be
+    trusted there (arrivals jittered against a strict limiter), the target goes 4 % under."""
+    adaptive, clock = controller(100)
+    accept(adaptive, clock, 90, 2.0)
+    refuse(adaptive, clock)
+    previous = adaptive.target
+    accept(adaptive, clock, 90, 1.5)  # recovered, on the plateau: 45 answers there
+    refuse(adaptive, clock)  # 1 in 46 refused: over the budget
+    assert adaptive.cuts == 2
+    assert adaptive.target <= 0.96 * previous + 1e-9
+
+
+def test_a_429_now_and_then_on_the_plateau_is_within_the_budget() -> None:
+    adaptive, clock = controller(100)
+    accept(adaptive, clock, 90, 2.0)
+    refuse(adaptive, clock)
+    previous = adaptive.target
+    accept(adaptive, clock, 90, 0.99)  # recovering: these answers do not count
+    accept(adaptive, clock, 90, 1.9)  # 171 on the plateau, then one refused: 0.6 %
+    refuse(adaptive, clock)
+    assert adaptive.target > 0.96 * previous
+
+
+def test_once_refused_the_run_paces_evenly() -> None:
+    """A server that refused tolerates no bursts: the bucket's depth drops to 1."""
+    adaptive, clock = controller(500)
+    assert adaptive.bucket.burst == 50
+    accept(adaptive, clock, 100, 1.0)
+    refuse(adaptive, clock)
+    assert adaptive.bucket.burst == 1
+
+
+def test_after_a_spell_of_refusals_the_allowance_over_the_wait_is_the_rate() -> None:
+    """A fixed window: 100 let through in a tenth of a second, then everything refused until
+    the window turns. The burst estimate reads 500/s; the first answer after the spell shows
+    100 over about a second, and the target follows (at most 1.5 times that: the holds overshoot
+    the spell by less than half)."""
+    adaptive, clock = controller(1000)
+    accept(adaptive, clock, 1000, 0.1)
+    refuse(adaptive, clock)
+    assert adaptive.target > 400
+    while clock.t < 1.0:  # holds, each ended by a fresh refusal
+        clock.t = max(clock.t, adaptive.bucket.held_until) + 0.001
+        refuse(adaptive, clock, sent_ago=0.0005)
+    clock.t = adaptive.bucket.held_until + 0.001
+    adaptive.on_accepted(Sent(clock.t - 0.0005, 1, False))
+    rate = 100 / (clock.t - 0.001)
+    assert adaptive.target == pytest.approx(0.98 * 1.5 * rate, rel=0.02)
+    assert adaptive.target < 200
+
+
 def test_floor_is_respected() -> None:
     adaptive, clock = controller(100, floor=20.0)
     for _ in range(10):
@@ -373,6 +425,30 @@ def test_a_full_window_grows_one_place_at_a_time_after_its_plateau() -> None:
         clock.t += 0.01
         adaptive.on_accepted(Sent(clock.t - 0.08, 3, False))
     assert window.limit == 11
+
+
+def test_a_failed_window_probe_goes_back_to_the_size_that_drew_no_429() -> None:
+    adaptive, clock = controller(1000, window=16)
+    accept(adaptive, clock, 100, 1.0)
+    refuse(adaptive, clock)
+    clock.t += 1.5
+    for _ in range(5):
+        by_load(adaptive, clock, 16, 8)
+    refuse(adaptive, clock, in_flight=9)
+    window = adaptive.window
+    assert window is not None and window.limit == 8
+    while window.limit == 8:
+        clock.t += 0.01
+        adaptive.on_accepted(Sent(clock.t - 0.08, 8, True))
+    assert window.limit == 9
+    clock.t += 0.01
+    refuse(adaptive, clock, in_flight=8)  # reordered on the way: fewer on the wire than places
+    assert window.limit == 8 and adaptive.window_cuts == 2
+    started = clock.t
+    while window.limit == 8:
+        clock.t += 0.01
+        adaptive.on_accepted(Sent(clock.t - 0.08, 8, True))
+    assert clock.t - started == pytest.approx(4.0, abs=0.05)  # the plateau doubled, up to 3 s
 
 
 @pytest.mark.anyio

@@ -376,6 +376,7 @@ class MemoryClient:
         self._rng = rng if rng is not None else random.Random()
         self._wire: _Wire | None = None
         self._window = steered if steered is not None else Window(concurrency)
+        self._on_wire = 0  # requests sent and not yet answered
 
     @property
     def wire(self) -> str:
@@ -476,15 +477,21 @@ class MemoryClient:
             attempt += 1
             if attempt > 1:
                 stats.retries += 1
-            # The token first, then a place in the window: a request waiting for its token
-            # is not in flight, so a full window means the server's answers are what is slow.
-            if bucket is not None:
-                await bucket.acquire(weight)
+            # A place in the window, then the token: the token's time is the send's, so the
+            # pacing holds even when the window is what limits. What the controller hears is
+            # the number on the wire (not those waiting for a token) and whether the window
+            # was full when this request asked.
             full = await window.acquire()
             try:
-                sent = Sent(self._clock.now(), window.in_flight, full, weight)
-                stats.sent += 1
-                answer = await wire.send(method, path, content, params, headers)
+                if bucket is not None:
+                    await bucket.acquire(weight)
+                self._on_wire += 1
+                try:
+                    sent = Sent(self._clock.now(), self._on_wire, full, weight)
+                    stats.sent += 1
+                    answer = await wire.send(method, path, content, params, headers)
+                finally:
+                    self._on_wire -= 1
             finally:
                 window.release()
             retry_after: str | None = None

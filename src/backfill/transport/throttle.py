@@ -286,6 +286,7 @@ _IDLE = 1.0  # growth time advances at most this much between two accepted answe
 _SILENCE = 0.05  # a pause in the answers longer than this (and than _SILENT answers' worth)
 _SILENT = 10  # means they stopped (a stall, not a capacity): evidence starts after it
 _SPARE_AFTER = 10.0  # an unexplained event this long after the last keeps the target
+_BUDGET = 0.01  # 429s above this share of the answers on the plateau lower the target
 _AGAIN = 0.03  # two failed probes this close in rate: the limit is there
 _STEP = 1e-3  # smaller relative changes are not passed on to the bucket
 _HOLD_FIRST = 0.05  # the first whole-run hold; grows while the server keeps refusing ...
@@ -293,7 +294,8 @@ _HOLD_GROWTH = 1.5  # ... by this factor: the spell is overshot by less than hal
 _HOLD_MAX = 2.0  # the longest whole-run hold without a Retry-After to go by
 _RTT_SPAN = 1.0  # seconds of accepted answers the in-flight estimate (Little's law) uses
 _WINDOW_STEP = 1.0  # seconds of growth time per place the window grows by, once probing
-_BY_LOAD = 0.5  # seconds of answers that tell a concurrency limit from a rate limit
+_BY_LOAD = 0.5  # seconds of answers that tell a concurrency limit from a rate limit ...
+_BY_LOAD_LEAST = 32  # ... and at least this many of them
 _REFUSED_SHARE = 0.25  # this share of fresh answers refused (>= 2): the reaction fell short
 
 
@@ -320,10 +322,15 @@ class AdaptiveRate:
     on every 429 (the AWS SDK's adaptive mode) reached ~41 % of the capacity
     (aws/aws-sdk-java-v2#7197).
 
-    **Which limit.** If the window was full when the request of an event was sent, the window is
-    what pressed on the server (it limits requests in flight, as Twilio's 20429 also does): the
-    window drops to what the accepted answers carried, by Little's law (accepted per second times
-    their round trip, rounded down), and at least by one. Otherwise the rate does.
+    **Which limit.** A refusal points at the number in flight (Twilio's 20429 also means too many
+    concurrent requests) when, over the last answers, those sent with as many on the wire or more
+    were mostly refused and those sent with fewer were not: a rate limit refuses whatever the
+    number. The window then drops below the number refused and to what the accepted answers
+    carried (Little's law: accepted per second times their round trip), by one at least and by
+    half at most. A refusal while the window probes a place above a clean plateau is the
+    probe's: back to the plateau's size. Otherwise the rate moves. The first event is always the
+    rate's: as a run opens, the number in flight grows while a rate limit's allowance runs out,
+    and the two look alike.
 
     **Holding the whole run.** A 429's ``Retry-After`` is honoured by the request that got it
     (``RetryPolicy``). The whole run is held only on evidence that the server refuses everything:
@@ -356,6 +363,14 @@ class AdaptiveRate:
        rare once the limit is held (each costs a 429 or two, no pause). An estimate from less than
        ``_CONFIDENT`` seconds of answers (a run that opened far above the capacity) rests on the
        burst assumption: it is held only ``_PLATEAU_SHORT`` and probed twice as fast.
+    4. Corrections the estimate cannot make: two failed probes at about the same rate put the
+       target just under it (a window limiter has no burst, so the burst allowance reads it a
+       few per cent low); more than ``_BUDGET`` of the answers refused while holding the target
+       puts the next target 4 % under the old one (arrivals jittered against a strict limiter:
+       the rate the server measures is not the one sent); after a spell of refusing everything,
+       what was let through before it, over the time until the first acceptance after it, is
+       the rate (a fixed window's allowance, which the burst allowance reads several times too
+       high).
 
     **The window** after a window event stays at its new size for the plateau, then grows by one
     place per ``_WINDOW_STEP`` seconds while it is full (a window nobody fills is not probed).
@@ -365,6 +380,7 @@ class AdaptiveRate:
 
     The bucket's first grant finds no saved burst (``TokenBucket.drop_burst``): a burst at
     the start spends the server's burst too, and leaves it no slack for jitter at an equal rate.
+    After the first rate event its depth is 1: a server that refused tolerates no bursts.
 
     With ``steer=False`` (``send.adaptive = false``) the rate and the window stay as configured;
     only the whole-run holds apply.
@@ -409,6 +425,9 @@ class AdaptiveRate:
         self._event_rate = self._ceiling  # the rate it began at
         self._prior_rate = 0.0  # the rate the rate event before it began at
         self._probed = False  # the current rate event came while probing above the target
+        self._since = [0, 0]  # answers on the plateau since the last rate event: [ok, refused]
+        self._over_budget = False  # more than _BUDGET of those were refused
+        self._at_target = False  # the rate holds at the target (its plateau): answers count
         self._base = self._target = self._ceiling
         self._plateau = _PLATEAU
         self._hold_for = _PLATEAU
@@ -496,6 +515,8 @@ class AdaptiveRate:
         """A 429 arrived for a request sent as ``sent`` says, with its Retry-After in seconds."""
         now = self._clock.now()
         self._throttled += 1
+        if self._at_target:
+            self._since[1] += 1
         self._note(now, sent, refused=True)
         if sent.at < self._reacted:
             return  # old news: sent before the last reaction, which covers it
@@ -503,7 +524,9 @@ class AdaptiveRate:
         self._fresh[1] = refused = refused + 1
         window = self._window
         concurrent = False
-        if window is not None and self._steer and sent.in_flight > 1 and self._cuts:
+        if window is not None and self._w_probing and window.limit > self._w_target:
+            concurrent = True  # refused once the window's probe added a place
+        elif window is not None and self._steer and sent.in_flight > 1 and self._cuts:
             # Not at the first event: as a run opens, the number in flight grows while a rate
             # limit's allowance runs out, and the two look alike. None (nothing sent with fewer
             # in flight answered yet: quick refusals, slow answers) points at a window too.
@@ -534,7 +557,7 @@ class AdaptiveRate:
     def _note(self, now: float, sent: Sent, *, refused: bool) -> None:
         by_load = self._by_load
         by_load.append((now, sent.in_flight, refused))
-        while by_load[0][0] < now - _BY_LOAD:
+        while len(by_load) > _BY_LOAD_LEAST and by_load[0][0] < now - _BY_LOAD:
             by_load.popleft()
 
     def _concurrent(self, sent: Sent) -> bool | None:
@@ -549,8 +572,10 @@ class AdaptiveRate:
             counts[refused] += 1
         if low[0] + low[1] == 0:
             return None
+        if low[0] < 4:
+            return False  # too few to tell: the rate, which any limit answers to
         share_low = low[1] / (low[0] + low[1])
-        share_high = high[1] / max(1, high[0] + high[1])
+        share_high = high[1] / (high[0] + high[1])
         return share_high >= 0.5 and share_low <= 0.1
 
     def on_accepted(self, sent: Sent) -> None:
@@ -561,6 +586,8 @@ class AdaptiveRate:
         while answers[0][0] < now - _HORIZON:
             answers.popleft()
         self._note(now, sent, refused=False)
+        if self._at_target:
+            self._since[0] += 1
         if sent.at >= self._reacted:
             self._fresh[0] += 1
             if self._spell is not None:
@@ -595,9 +622,13 @@ class AdaptiveRate:
         self._stretch = self._event_at
         self._event_at = now
         self._prior_rate = self._event_rate if self._cuts else 0.0
+        accepted, refused = self._since
+        self._over_budget = refused > _BUDGET * (accepted + refused)
+        self._since = [0, 0]
         self._event_rate = self._bucket.rate
         self._cuts += 1
         self._grown = 0.0
+        self._at_target = False
         self._bucket.burst = 1  # the server objected: pace evenly from now on
         self._seen = -math.inf
         self._refining = True
@@ -628,6 +659,8 @@ class AdaptiveRate:
                 target = self._previous
             else:  # again: lower it a little
                 target = (1.0 - self._margin) * self._previous
+        if self._over_budget:  # 429s kept coming at the old target (jitter): below it, whatever
+            target = min(target, (1.0 - 2.0 * self._margin) * self._previous)
         low = max(self._floor, _MAX_CUT * rate)
         self._target = min(self._ceiling, max(low, target))
         self._base = min(self._target, max(low, base))
@@ -672,9 +705,10 @@ class AdaptiveRate:
 
     def _schedule(self, t: float) -> float:
         """The rate ``t`` seconds of growth after the event."""
+        self._at_target = _RECOVER <= t < _RECOVER + self._hold_for
         if t < _RECOVER:
             rate = self._target - (self._target - self._base) * (1.0 - t / _RECOVER) ** 3
-        elif t < _RECOVER + self._hold_for:
+        elif self._at_target:
             self._refining = False
             rate = self._target
         else:
@@ -697,15 +731,18 @@ class AdaptiveRate:
         (Little's law), and at least one place less."""
         self._cuts += 1
         self._window_cuts += 1
-        carried = self._carried(now)
-        size = min(window.limit, sent.in_flight) - 1
-        if carried is not None:
-            size = min(size, math.floor(carried))
-        # At most halved by one event: early in a run the number in flight grows as a rate
-        # limit's allowance runs out, and a rate limit can pass for a concurrency limit.
-        size = max(size, window.limit // 2)
-        if self._w_probing:  # a failed probe: probe less often
+        if self._w_probing and window.limit > self._w_target:
+            # A failed probe: back to the size whose plateau drew no 429, probe less often.
+            size = self._w_target
             self._w_plateau = min(_PLATEAU_MAX, 2.0 * self._w_plateau)
+        else:
+            carried = self._carried(now)
+            size = min(window.limit, sent.in_flight) - 1
+            if carried is not None:
+                size = min(size, math.floor(carried))
+            # At most halved by one event: early in a run the number in flight grows as a rate
+            # limit's allowance runs out, and a rate limit can pass for a concurrency limit.
+            size = max(size, window.limit // 2)
         self._w_probing = False
         self._w_target = max(1, size)
         self._w_grown = 0.0
