@@ -41,6 +41,12 @@ are read again at each step and at the end, while the workers still run:
   narrower. Loopback's round trip is a fraction of a millisecond (``--jitter``), not 4.5 ms, so 8
   in flight can carry about 5 % more than this limit: a concurrency row can read above 100 %.
 
+Where the emulator is not the simulation's server (described, not changed here): its fixed
+windows start with the emulator, not at the ``DELETE`` that restarts the schedule, so a limit
+change falls somewhere inside a window (a boundary in the simulation); its concurrency limiter
+answers a refusal after the added latency (the simulation's after one network trip); and its
+clock is a shared machine's, whose timers and scheduling are late now and then.
+
 ``--jitter`` measures what the simulation models as its network (each way uniform 0.5-4 ms):
 the one-way delay from the client's send to the server handler's entry on loopback, under this
 benchmark's load - 100 requests/s paced (``--jitter-rate``), a pool of 16 keep-alive
