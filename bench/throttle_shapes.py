@@ -26,31 +26,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
+from throttle_common import meets, recovery_text
+
 from backfill.emulator.limits import RETRY_AFTER_STYLES, RetryAfterStyle
 from throttle_sim import (  # tests/ is not a package: the path goes first
     LIMITS,
     SCENARIOS,
-    Scenario,
-    SimResult,
     scenario_config,
     simulate,
 )
-
-
-def meets(result: SimResult, scenario: Scenario) -> bool:
-    """The issue's target for the scenario."""
-    if scenario == "10x":
-        return result.share >= 0.90 and result.share_429 <= 0.02
-    if scenario == "at-limit":
-        return result.share >= 0.95 and result.share_429 <= 0.01
-    worst = result.worst_recovery
-    return worst is not None and worst <= 10.0
-
-
-def _recovery(result: SimResult) -> str:
-    if not result.recovery:
-        return ""
-    return " / ".join("never" if r is None else f"{r:.1f}" for r in result.recovery)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
                 view = result.view
                 print(
                     f"| {shape} | {shown} | {scenario} | {result.share * 100:.1f} | "
-                    f"{result.share_429 * 100:.2f} % | {_recovery(result)} | {phases} | "
+                    f"{result.share_429 * 100:.2f} % | {recovery_text(result)} | {phases} | "
                     f"{view.used / view.offered:.3f} | {result.cuts} | "
                     f"{'ok' if ok else '**miss**'} |",
                     flush=True,
