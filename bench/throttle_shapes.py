@@ -5,15 +5,19 @@ against the emulator's limiters on virtual time (tests/throttle_sim.py): 60 simu
 per run at a limit of 100 requests/s (8 in flight for the concurrency limiter), 16 workers. For
 each shape, ``Retry-After`` style and scenario it prints accepted/s as a share of the limit,
 the share of answers that were 429s, the seconds after each limit change until the client is
-back above 90 % of the new limit, and the limiter's own utilisation (its ``used / offered``)::
+back above 90 % of the new limit, the limiter's own utilisation (its ``used / offered``), the
+controller's events, and its whole-run holds with the seconds they held everyone in all (what
+honouring Retry-After cost the run beyond the requests that got it)::
 
     python bench/throttle_shapes.py                     # every shape, style and scenario
     python bench/throttle_shapes.py --styles whole --seconds 60 --seed 1
 
 ``ok`` marks a row that meets the issue's target for its scenario (10x: >= 90 %, <= 2 % 429s;
 at-limit: >= 95 %, <= 1 % 429s; halved: both recoveries <= 10 s). The concurrency limiter sends
-no ``Retry-After`` whatever the style, so it is run once. Results: BENCHMARKS.md, "Throttling:
-every limiter shape (simulation, issue 13 baseline)". Deterministic: the same seed prints the
+no ``Retry-After`` whatever the style, so it is run once. After the table, for each rate shape:
+the share of the limit that perfectly even sends could have had admitted under the simulated
+network with at most 1 % (2 %) refused (``throttle_sim.paced_bound``), a bound for any client.
+Results: BENCHMARKS.md, "Throttling: every limiter shape". Deterministic: the same seed prints the
 same table on any machine.
 """
 
@@ -32,6 +36,7 @@ from backfill.emulator.limits import RETRY_AFTER_STYLES, RetryAfterStyle
 from throttle_sim import (  # tests/ is not a package: the path goes first
     LIMITS,
     SCENARIOS,
+    paced_bound,
     scenario_config,
     simulate,
 )
@@ -56,9 +61,10 @@ def main(argv: list[str] | None = None) -> int:
 
     print(
         "| shape | Retry-After | scenario | accepted % of limit | 429 share | "
-        "recovery s (halved / restored) | phases % | limiter used/offered | cuts | target |"
+        "recovery s (halved / restored) | phases % | limiter used/offered | cuts | "
+        "whole-run holds (s) | target |"
     )
-    print("|---|---|---|---:|---:|---:|---|---:|---:|---|")
+    print("|---|---|---|---:|---:|---:|---|---:|---:|---:|---|")
     started = time.perf_counter()
     met = total = 0
     for shape in shapes:
@@ -78,11 +84,20 @@ def main(argv: list[str] | None = None) -> int:
                     f"| {shape} | {shown} | {scenario} | {result.share * 100:.1f} | "
                     f"{result.share_429 * 100:.2f} % | {recovery_text(result)} | {phases} | "
                     f"{view.used / view.offered:.3f} | {result.cuts} | "
-                    f"{'ok' if ok else '**miss**'} |",
+                    f"{result.holds} ({result.held:.1f}) | {'ok' if ok else '**miss**'} |",
                     flush=True,
                 )
     elapsed = time.perf_counter() - started
     print(f"\n{met} of {total} rows meet their target; {elapsed:.1f} s of real time.")
+    print("\nWhat perfectly even sends could get under this network (the arrivals' jitter):")
+    for shape in shapes:
+        if LIMITS[shape].shape == "concurrency":
+            continue
+        config = scenario_config(shape, "at-limit", seconds=args.seconds, seed=args.seed)
+        print(
+            f"  {shape}: {paced_bound(config, 0.01) * 100:.1f} % of the limit with <= 1 % "
+            f"refused, {paced_bound(config, 0.02) * 100:.1f} % with <= 2 %"
+        )
     return 0
 
 

@@ -216,12 +216,28 @@ def test_a_429_now_and_then_on_the_plateau_is_within_the_budget() -> None:
 
 
 def test_once_refused_the_run_paces_evenly() -> None:
-    """A server that refused tolerates no bursts: the bucket's depth drops to 1."""
+    """A server that refused tolerates no bursts: the bucket's depth drops to 1.5 (half a token
+    of slack makes up a timer that fired late, instead of losing the time)."""
     adaptive, clock = controller(500)
     assert adaptive.bucket.burst == 50
     accept(adaptive, clock, 100, 1.0)
     refuse(adaptive, clock)
-    assert adaptive.bucket.burst == 1
+    assert adaptive.bucket.burst == 1.5
+
+
+@pytest.mark.anyio
+async def test_half_a_token_of_slack_makes_up_a_late_send() -> None:
+    """At depth 1.5, a send 4 ms late at 100/s lets the next one go 4 ms early: the pace holds
+    on average. At depth 1 the 4 ms are lost."""
+    for depth, second in ((1.5, 0.020), (1.0, 0.024)):
+        clock = FakeClock()
+        bucket = TokenBucket(100, 1, clock=clock)
+        bucket.burst = depth
+        await bucket.acquire()  # t = 0
+        clock.t = 0.014  # the next was due at 0.010; the worker came 4 ms late
+        await bucket.acquire()
+        await bucket.acquire()
+        assert clock.now() == pytest.approx(second), depth
 
 
 def test_after_a_spell_of_refusals_the_allowance_over_the_wait_is_the_rate() -> None:
@@ -328,6 +344,7 @@ def test_the_run_is_held_while_the_server_refuses_everything(
         refuse(adaptive, clock, retry_after=retry_after)
         seen.append(round(adaptive.bucket.held_until - clock.t, 6))
     assert seen == holds
+    assert adaptive.held == pytest.approx(sum(holds), abs=1e-5)  # what everyone waited, in all
     clock.t = adaptive.bucket.held_until + 0.01
     accept(adaptive, clock, 100, 0.02)  # an answer accepted: the next hold starts small again
     refuse(adaptive, clock, retry_after=retry_after)

@@ -22,6 +22,7 @@ from throttle_sim import (
     SCENARIOS,
     Scenario,
     SimResult,
+    paced_bound,
     scenario_config,
     simulate,
 )
@@ -75,6 +76,20 @@ def check(result: SimResult, scenario: Scenario) -> None:
 def test_target(shape: str, style: RetryAfterStyle, scenario: Scenario) -> None:
     """60 virtual seconds of the real client against one limiter shape meet the issue's target."""
     check(simulate(scenario_config(shape, scenario, retry_after=style)), scenario)
+
+
+@pytest.mark.parametrize("scenario", ["10x", "at-limit"])
+def test_burst_1_is_held_close_to_what_perfect_pacing_could_get(scenario: Scenario) -> None:
+    """The burst-1 bucket's target is out of any client's reach under this network (the
+    xfails above); the client still gets at least 85 % of what perfectly even sends could have
+    had admitted within the scenario's 429 budget, and stays within that budget."""
+    budget = 0.02 if scenario == "10x" else 0.01
+    config = scenario_config("token-b1", scenario)
+    result = simulate(config)
+    bound = paced_bound(config, budget)
+    assert 0.70 < bound < 0.80  # what the arrival model leaves of the limit
+    assert result.share >= 0.85 * bound, (result.share, bound)
+    assert result.share_429 <= budget
 
 
 def test_the_client_never_exceeds_a_limit_it_is_configured_under() -> None:

@@ -234,6 +234,8 @@ class SimResult:
     view: View  # the limiter's own account over the run
     cuts: int  # AdaptiveRate's congestion events (0 when not adaptive)
     final_rate: float  # the client bucket's rate at the end
+    holds: int = 0  # whole-run holds (the server refused everything)
+    held: float = 0.0  # seconds the whole run was held, in all
 
     @property
     def per_second(self) -> float:
@@ -402,6 +404,8 @@ async def _run(config: SimConfig) -> SimResult:
         view=view,
         cuts=adaptive.cuts if adaptive is not None else 0,
         final_rate=client.bucket.rate,
+        holds=adaptive.holds if adaptive is not None else 0,
+        held=adaptive.held if adaptive is not None else 0.0,
     )
 
 
@@ -412,3 +416,44 @@ def simulate(config: SimConfig) -> SimResult:
 
 def with_seconds(config: SimConfig, seconds: float) -> SimConfig:
     return replace(config, seconds=seconds)
+
+
+# --- What perfect pacing could get ---------------------------------------------------------
+
+
+def paced_bound(config: SimConfig, max_refused: float, *, requests: int = 20_000) -> float:
+    """The largest share of a rate limit that requests sent perfectly evenly could have
+    admitted, with at most ``max_refused`` of them refused, under this run's network.
+
+    A bound for any client, not a figure of ours: arrivals are the even sends plus the one-way
+    delay drawn as ``_Server`` draws it (seeded), judged by the emulator's limiter, each refused
+    request simply dropped (a client's retries only add arrivals). The send rate is searched by
+    bisection; against a burst-1 token bucket this is what the network's jitter leaves of the
+    limit (BENCHMARKS.md, "Throttling: every limiter shape").
+    """
+    limit = config.limit
+    if limit.shape == "concurrency":
+        raise ValueError("a bound by pacing is for the rate shapes")
+
+    def trial(share: float) -> tuple[float, float]:
+        rng = random.Random(config.seed)
+        rate = share * config.rate
+        arrivals = sorted(i / rate + rng.uniform(*config.one_way) for i in range(requests))
+        limiter = make_limiter(
+            limit.shape, rate=config.rate, burst=limit.burst, window_s=limit.window_s
+        )
+        admitted = sum(limiter.admit(at).admitted for at in arrivals)
+        span = requests / rate
+        return admitted / (config.rate * span), 1.0 - admitted / requests
+
+    low, high = 0.0, 1.0
+    best = 0.0
+    for _ in range(14):
+        middle = (low + high) / 2
+        admitted, refused = trial(middle)
+        if refused <= max_refused:
+            best, low = max(best, admitted), middle
+        else:
+            high = middle
+    top, refused = trial(1.0)
+    return max(best, top) if refused <= max_refused else best

@@ -665,7 +665,7 @@ def _deliver_and_report(
             said.update(await deliver(job, db, make, stop=stop, on_result=progress.update))
             tg.cancel_scope.cancel()
 
-    async def main() -> tuple[ClientStats, float]:
+    async def main() -> tuple[ClientStats, float, dict[str, Any]]:
         with open_target(job) as target:
             client = target.client(job)
             bucket = client.bucket
@@ -683,10 +683,12 @@ def _deliver_and_report(
                     and job.send.verify != "none"
                 ):
                     said["verify"] = await verify_landing(job, client, db, out, quiet=quiet)
-            return client.stats, bucket.rate
+            return client.stats, bucket.rate, _throttle(job, client)
 
     try:
-        stats, final_rate = run_async(main) if todo else (ClientStats(), job.send.rate)
+        stats, final_rate, throttle = (
+            run_async(main) if todo else (ClientStats(), job.send.rate, _throttle(job, None))
+        )
     finally:
         progress.close()
         if remember:  # also what an interrupted run landed
@@ -749,6 +751,7 @@ def _deliver_and_report(
             "final": round(final_rate, 3),
             "achieved": round(whole["accepted"] / whole["seconds"], 3) if whole["seconds"] else 0.0,
         },
+        "throttle": throttle,
         "delivery": said,
         "remaps": db.remaps(),
         "resumed": resumed,
@@ -765,6 +768,23 @@ def _deliver_and_report(
     write_private(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     write_private(out / "report.md", text)
     return RunResult(job, summary, text, exit_code, format_run_line(summary))
+
+
+def _throttle(job: Job, client: MemoryClient | None) -> dict[str, Any]:
+    """What the throttle did in this invocation: how far it moved the requests in flight, and
+    its events and whole-run holds (README, "Throttling")."""
+    adaptive = client.adaptive if client is not None else None
+    window = adaptive.window if adaptive is not None else None
+    return {
+        "concurrency": {
+            "configured": job.send.concurrency,
+            "final": window.limit if window is not None else job.send.concurrency,
+        },
+        "events": adaptive.cuts if adaptive is not None else 0,
+        "window_events": adaptive.window_cuts if adaptive is not None else 0,
+        "holds": adaptive.holds if adaptive is not None else 0,
+        "held_seconds": round(adaptive.held, 3) if adaptive is not None else 0.0,
+    }
 
 
 def _session(stats: ClientStats, seconds: float, units: int, accepted: int) -> dict[str, Any]:

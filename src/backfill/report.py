@@ -358,6 +358,15 @@ def format_run(summary: dict[str, Any]) -> str:
         f"ending at {t['final']:.1f}/s) |",
         f"| delivery time | {summary['seconds']:.1f} s |",
     ]
+    throttle = summary.get("throttle")
+    if throttle and (throttle["events"] or throttle["holds"]):
+        inflight = throttle["concurrency"]
+        lines.append(
+            f"| throttle | {n(throttle['events'])} congestion events "
+            f"({n(throttle['window_events'])} on requests in flight: "
+            f"{inflight['configured']} configured, ending at {inflight['final']}); "
+            f"{n(throttle['holds'])} whole-run holds, {throttle['held_seconds']:.1f} s in all |"
+        )
     if summary.get("sessions", 1) > 1:
         lines.append(f"| invocations (the run was resumed) | {n(summary['sessions'])} |")
     if summary["resumed"]:

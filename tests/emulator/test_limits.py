@@ -579,7 +579,10 @@ def test_concurrency_limit_answers_429_beyond_n_in_flight() -> None:
                 "status": 429,
             }
             assert "retry-after" not in refused.headers
-        view = emu.stats()["limiter"]
+        stats = emu.stats()
+        # Turned away at the door: only the two admitted ones were given the latency (work).
+        assert sum(stats["latency"]["byOperation"].values()) == 2
+        view = stats["limiter"]
         assert view["shape"] == "concurrency"
         assert (view["inFlight"], view["inFlightPeak"]) == (0, 2)
         assert (view["admitted"], view["refusedRequests"]) == (2, 3)

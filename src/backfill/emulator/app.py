@@ -8,8 +8,9 @@ except a lost response, which is applied and then dropped. Stats are counted the
 ``/v1`` route passes the same gate: ``PUT /Profiles/Bulk`` and the import endpoints are
 throttled, faulted, dropped and delayed exactly as a PATCH is. A concurrency limit counts a
 request from its arrival to its answer, so it takes its slot before the latency (which stands
-for the server's work) and gives it back however the request ends; its refusal is answered
-where a rate limit's is, after auth.
+for the server's work) and gives it back however the request ends; a request it refuses gets
+no latency (the gateway turns it away at the door, without the work) and is answered where a
+rate limit's 429 is, after auth.
 
 An import's upload URL (``/__uploads__/<token>``) stands for a storage service's pre-signed URL
 (S3-style), not for Twilio's API: Twilio's auth, the account's rate limit and the body size cap
@@ -198,7 +199,8 @@ class Gate:
         emulator = self.emulator
         stats, faults = emulator.stats, emulator.faults
         op = self._operation(scope)
-        if faults.active:
+        if faults.active and (verdict is None or verdict.admitted):
+            # A concurrency refusal is the gateway's, at the door: no work, no latency.
             delay = faults.latency()
             if delay:
                 stats.delay(op, delay)

@@ -71,7 +71,7 @@ class TokenBucket:
         if isinstance(burst, bool) or not isinstance(burst, int) or burst < 1:
             raise ConfigError(f"burst must be a whole number of at least 1, got {burst!r}")
         self._rate = _check_rate(rate)
-        self._burst = burst
+        self._burst = float(burst)
         self._clock: Clock = clock if clock is not None else SystemClock()
         self._tokens = float(burst)
         self._updated = self._clock.now()
@@ -90,16 +90,17 @@ class TokenBucket:
         return self._clock
 
     @property
-    def burst(self) -> int:
+    def burst(self) -> float:
         return self._burst
 
     @burst.setter
-    def burst(self, value: int) -> None:
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(f"burst must be a whole number of at least 1, got {value!r}")
+    def burst(self, value: float) -> None:
+        """A depth of 1 or more; fractional depths (a slack of part of a token) are allowed."""
+        if isinstance(value, bool) or not (isinstance(value, int | float) and value >= 1):
+            raise ConfigError(f"burst must be at least 1, got {value!r}")
         self._refill(self._clock.now())
-        self._burst = value
-        self._tokens = min(self._tokens, float(value))
+        self._burst = float(value)
+        self._tokens = min(self._tokens, self._burst)
 
     @property
     def rate(self) -> float:
@@ -286,6 +287,7 @@ _IDLE = 1.0  # growth time advances at most this much between two accepted answe
 _SILENCE = 0.05  # a pause in the answers longer than this (and than _SILENT answers' worth)
 _SILENT = 10  # means they stopped (a stall, not a capacity): evidence starts after it
 _SPARE_AFTER = 10.0  # an unexplained event this long after the last keeps the target
+_PACED_DEPTH = 1.5  # the bucket's depth once the server objected (above)
 _BUDGET = 0.01  # 429s above this share of the answers on the plateau lower the target
 _AGAIN = 0.03  # two failed probes this close in rate: the limit is there
 _STEP = 1e-3  # smaller relative changes are not passed on to the bucket
@@ -438,6 +440,7 @@ class AdaptiveRate:
         self._cuts = 0
         self._window_cuts = 0
         self._holds = 0
+        self._held = 0.0  # seconds the whole run was held, in all
         self._hold = _HOLD_FIRST
         self._hold_spent = False  # the last hold was as long as the server asked
         # (start, end, weight) of the answers accepted before the current spell of holds
@@ -500,6 +503,11 @@ class AdaptiveRate:
     def holds(self) -> int:
         """Whole-run holds: fresh 429s with nothing accepted since the last reaction."""
         return self._holds
+
+    @property
+    def held(self) -> float:
+        """Seconds the whole run was held, in all (what the holds cost, at most)."""
+        return self._held
 
     @property
     def throttled(self) -> int:
@@ -629,7 +637,10 @@ class AdaptiveRate:
         self._cuts += 1
         self._grown = 0.0
         self._at_target = False
-        self._bucket.burst = 1  # the server objected: pace evenly from now on
+        # The server objected: pace evenly from now on, with half a token of slack so that a
+        # timer that fires late (a shared machine's, by a few ms) is made up at the next send
+        # instead of lost: a depth of exactly 1 lost ~10 % of 100/s over HTTP.
+        self._bucket.burst = _PACED_DEPTH
         self._seen = -math.inf
         self._refining = True
         self._decide()
@@ -792,6 +803,9 @@ class AdaptiveRate:
         self._reacted = now
         self._fresh = [0, 0]
         if pause > 0:
+            # Only what extends the hold in force counts: holds overlap when answers to requests
+            # sent before one arrive during it.
+            self._held += max(0.0, now + pause - max(now, self._bucket.held_until))
             self._bucket.hold(now + pause)
 
     def _allowance(self) -> tuple[float, float, float]:
