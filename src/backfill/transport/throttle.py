@@ -287,7 +287,8 @@ _IDLE = 1.0  # growth time advances at most this much between two accepted answe
 _SILENCE = 0.05  # a pause in the answers longer than this (and than _SILENT answers' worth)
 _SILENT = 10  # means they stopped (a stall, not a capacity): evidence starts after it
 _SPARE_AFTER = 10.0  # an unexplained event this long after the last keeps the target
-_PACED_DEPTH = 1.5  # the bucket's depth once the server objected (above)
+_LATE = 0.005  # once paced, a send this late (a timer's lateness) is made up by the next ...
+_SLACK_MOST = 0.5  # ... within half a token at most
 _BUDGET = 0.01  # 429s above this share of the answers on the plateau lower the target
 _AGAIN = 0.03  # two failed probes this close in rate: the limit is there
 _STEP = 1e-3  # smaller relative changes are not passed on to the bucket
@@ -430,6 +431,7 @@ class AdaptiveRate:
         self._since = [0, 0]  # answers on the plateau since the last rate event: [ok, refused]
         self._over_budget = False  # more than _BUDGET of those were refused
         self._at_target = False  # the rate holds at the target (its plateau): answers count
+        self._paced = False  # a rate event happened: the bucket paces evenly (_apply)
         self._base = self._target = self._ceiling
         self._plateau = _PLATEAU
         self._hold_for = _PLATEAU
@@ -637,10 +639,7 @@ class AdaptiveRate:
         self._cuts += 1
         self._grown = 0.0
         self._at_target = False
-        # The server objected: pace evenly from now on, with half a token of slack so that a
-        # timer that fires late (a shared machine's, by a few ms) is made up at the next send
-        # instead of lost: a depth of exactly 1 lost ~10 % of 100/s over HTTP.
-        self._bucket.burst = _PACED_DEPTH
+        self._paced = True  # the server objected: pace evenly from now on (_apply)
         self._seen = -math.inf
         self._refining = True
         self._decide()
@@ -729,11 +728,20 @@ class AdaptiveRate:
         return min(self._ceiling, max(self._floor, rate))
 
     def _apply(self, rate: float) -> None:
-        current = self._bucket.rate
-        if rate == current:
-            return
-        if abs(rate - current) >= _STEP * current or rate in (self._target, self._ceiling):
-            self._bucket.rate = rate
+        bucket = self._bucket
+        current = bucket.rate
+        if rate != current and (
+            abs(rate - current) >= _STEP * current or rate in (self._target, self._ceiling)
+        ):
+            bucket.rate = current = rate
+        if self._paced:
+            # Even pacing, with a few ms of slack: a timer that fires late on a shared machine
+            # is made up at the next send instead of lost (a depth of exactly 1 lost ~10 % of
+            # 100/s over HTTP), and never more than that goes early (half a token at 100/s,
+            # 5 % of one at 10/s: a burst-1 limiter at 10/s refused pairs sent 50 ms apart).
+            depth = 1.0 + min(_SLACK_MOST, current * _LATE)
+            if depth != bucket.burst:
+                bucket.burst = depth
 
     # --- window ----------------------------------------------------------------------------
 
