@@ -426,7 +426,8 @@ def test_one_event_at_most_halves_the_window() -> None:
     assert adaptive.window is not None and adaptive.window.limit == 8
 
 
-def test_a_full_window_grows_one_place_at_a_time_after_its_plateau() -> None:
+def with_window_found_at_8() -> tuple[AdaptiveRate, FakeClock, Window]:
+    """A run whose window was cut to 8: refused only with 9 or more in flight."""
     adaptive, clock = controller(1000, window=16)
     accept(adaptive, clock, 100, 1.0)
     refuse(adaptive, clock)
@@ -436,6 +437,11 @@ def test_a_full_window_grows_one_place_at_a_time_after_its_plateau() -> None:
     refuse(adaptive, clock, in_flight=9)
     window = adaptive.window
     assert window is not None and window.limit == 8
+    return adaptive, clock, window
+
+
+def test_a_full_window_grows_one_place_at_a_time_after_its_plateau() -> None:
+    adaptive, clock, window = with_window_found_at_8()
     sizes = []
     for answers in (150, 100, 100, 100, 100):  # at 1.5, 2.5, 3.5, 4.5 and 5.5 s
         for _ in range(answers):
@@ -450,15 +456,7 @@ def test_a_full_window_grows_one_place_at_a_time_after_its_plateau() -> None:
 
 
 def test_a_failed_window_probe_goes_back_to_the_size_that_drew_no_429() -> None:
-    adaptive, clock = controller(1000, window=16)
-    accept(adaptive, clock, 100, 1.0)
-    refuse(adaptive, clock)
-    clock.t += 1.5
-    for _ in range(5):
-        by_load(adaptive, clock, 16, 8)
-    refuse(adaptive, clock, in_flight=9)
-    window = adaptive.window
-    assert window is not None and window.limit == 8
+    adaptive, clock, window = with_window_found_at_8()
     while window.limit == 8:
         clock.t += 0.01
         adaptive.on_accepted(Sent(clock.t - 0.08, 8, True))
