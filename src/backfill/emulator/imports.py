@@ -21,7 +21,7 @@ import io
 import json
 import re
 import secrets
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -227,7 +227,11 @@ class _Failed(Exception):
 
 
 async def process(
-    account: Account, job: ImportJob, data: bytes, delay: float, commit: Callable[[], None]
+    account: Account,
+    job: ImportJob,
+    data: bytes,
+    delay: float,
+    commit: Callable[[], Awaitable[None]],
 ) -> None:
     """Apply the file row by row, yielding to the event loop every ``CHUNK_ROWS`` rows."""
     if delay:
@@ -246,7 +250,7 @@ async def process(
         job.failure = f"Emulator bug: {type(exc).__name__}: {exc}"
     job.updated_at = account.clock()
     account.dirty.add(("import", job.id))
-    commit()
+    await commit()  # in line with the requests' writes (Emulator.commit_async)
 
 
 def _reader(data: bytes) -> Any:

@@ -169,6 +169,12 @@ def _profile_doc(profile: Profile) -> dict[str, Any]:
     }
 
 
+_STORE = "INSERT OR REPLACE INTO stores VALUES (?, ?)"
+_PROFILE = "INSERT OR REPLACE INTO profiles VALUES (?, ?, ?)"
+_IMPORT = "INSERT OR REPLACE INTO imports VALUES (?, ?)"
+_OPERATION = "INSERT OR REPLACE INTO operations VALUES (?, ?)"
+
+
 class SqliteStorage:
     """Write-through persistence: after each request, the rows it dirtied; WAL, one commit."""
 
@@ -242,37 +248,41 @@ class SqliteStorage:
         account.dirty.clear()
 
     def flush(self, account: Account) -> None:
+        self.write(self.rows(account))
+
+    def rows(self, account: Account) -> list[tuple[str, tuple[str, ...]]]:
+        """What the last requests dirtied, as (statement, parameters), and clean again: taken
+        in the event loop, where the state is changed, so ``write`` can run in a thread."""
         if not account.dirty:
-            return
+            return []
         dirty, account.dirty = account.dirty, set()
+        rows: list[tuple[str, tuple[str, ...]]] = []
+        for key in dirty:
+            if key[0] == "store":
+                store = account.stores.get(key[1])
+                if store is not None:
+                    rows.append((_STORE, (store.id, json.dumps(_store_doc(store)))))
+            elif key[0] == "profile":
+                profile = account.stores[key[1]].profiles[key[2]]
+                rows.append((_PROFILE, (key[1], key[2], json.dumps(_profile_doc(profile)))))
+            elif key[0] == "import":
+                job = account.imports[key[1]]
+                rows.append((_IMPORT, (job.id, json.dumps(job.to_doc()))))
+            else:
+                op = account.operations[key[1]]
+                doc = {"id": op.id, "createdAt": op.created_at, "resourceId": op.resource_id}
+                rows.append((_OPERATION, (op.id, json.dumps(doc))))
+        return rows
+
+    def write(self, rows: list[tuple[str, tuple[str, ...]]]) -> None:
+        """One transaction. Safe in a worker thread (the connection allows it); callers keep
+        writes in the order their ``rows`` were taken."""
+        if not rows:
+            return
         try:
             self._db.execute("BEGIN")
-            for key in dirty:
-                if key[0] == "store":
-                    store = account.stores.get(key[1])
-                    if store is not None:
-                        self._db.execute(
-                            "INSERT OR REPLACE INTO stores VALUES (?, ?)",
-                            (store.id, json.dumps(_store_doc(store))),
-                        )
-                elif key[0] == "profile":
-                    profile = account.stores[key[1]].profiles[key[2]]
-                    self._db.execute(
-                        "INSERT OR REPLACE INTO profiles VALUES (?, ?, ?)",
-                        (key[1], key[2], json.dumps(_profile_doc(profile))),
-                    )
-                elif key[0] == "import":
-                    job = account.imports[key[1]]
-                    self._db.execute(
-                        "INSERT OR REPLACE INTO imports VALUES (?, ?)",
-                        (job.id, json.dumps(job.to_doc())),
-                    )
-                else:
-                    op = account.operations[key[1]]
-                    doc = {"id": op.id, "createdAt": op.created_at, "resourceId": op.resource_id}
-                    self._db.execute(
-                        "INSERT OR REPLACE INTO operations VALUES (?, ?)", (op.id, json.dumps(doc))
-                    )
+            for statement, params in rows:
+                self._db.execute(statement, params)
             self._db.execute("COMMIT")
         except sqlite3.Error as exc:
             raise EmulatorError(f"cannot write emulator state file {self.path}: {exc}") from exc
