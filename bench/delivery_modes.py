@@ -491,6 +491,8 @@ def report_limited(done: Sequence[Limited], args: argparse.Namespace) -> None:
             f"{r.process.core_busy[1]:.0%}; read back {r.landed.profiles:,} profiles in "
             f"{r.landed.seconds:.1f} s"
         )
+        refused = {op: n for op, n in sorted(r.ops("429").items()) if n}
+        print(f"    429s by operation: {refused or 'none'}; throttle: {s.get('throttle')}")
     by_rep: dict[int, dict[str, Limited]] = {}
     for r in done:
         by_rep.setdefault(r.repeat, {})[r.mode] = r
