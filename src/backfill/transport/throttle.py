@@ -15,6 +15,7 @@ import email.utils
 import math
 import time
 from collections import deque
+from collections.abc import Iterator
 from typing import NamedTuple, Protocol
 
 import anyio
@@ -243,7 +244,7 @@ class Sent(NamedTuple):
     """What the client knew when it sent a request, reported with its answer."""
 
     at: float  # monotonic send time
-    in_flight: int  # requests in flight at the send, this one included
+    in_flight: int  # requests on the wire at the send, this one included
     full: bool  # the window was full: the send waited for (or took) its last place
     weight: float = 1.0
 
@@ -696,13 +697,8 @@ class AdaptiveRate:
         answers = self._answers
         end = max(self._event_at, answers[-1][0]) if answers else self._event_at
         start = max(self._stretch, end - _HORIZON)
-        silence = max(_SILENCE, _SILENT / self._event_rate)
         best, span, n, seen = 0.0, 0.0, 0.0, False
-        later = end
-        for at, weight, _ in reversed(answers):
-            if at < start or later - at > silence:
-                break
-            later = at
+        for at, weight in self._unbroken(end, start, self._event_rate):
             n += weight
             seen = True
             elapsed = max(0.0, end - at)
@@ -712,6 +708,18 @@ class AdaptiveRate:
         if not seen:
             return None, 0.0
         return best, span
+
+    def _unbroken(self, end: float, start: float, rate: float) -> Iterator[tuple[float, float]]:
+        """Accepted answers (time, weight), newest first, back from ``end`` to ``start`` or to
+        a silence: a gap longer than ``_SILENCE`` and than ``_SILENT`` answers' worth at
+        ``rate`` means they stopped (a stall, a hold), and what came before is another story."""
+        silence = max(_SILENCE, _SILENT / rate)
+        later = end
+        for at, weight, _ in reversed(self._answers):
+            if at < start or later - at > silence:
+                return
+            later = at
+            yield at, weight
 
     def _schedule(self, t: float) -> float:
         """The rate ``t`` seconds of growth after the event."""
@@ -822,14 +830,12 @@ class AdaptiveRate:
         answers = self._answers
         if not answers:
             return self._event_at, self._event_at, 0.0
-        silence = max(_SILENCE, _SILENT / self._bucket.rate)
-        later, start, n = answers[-1][0], answers[-1][0], 0.0
-        for at, weight, _ in reversed(answers):
-            if later - at > silence:
-                break
-            later = start = at
+        end = start = answers[-1][0]
+        n = 0.0
+        for at, weight in self._unbroken(end, -math.inf, self._bucket.rate):
+            start = at
             n += weight
-        return start, answers[-1][0], n
+        return start, end, n
 
     def _after_spell(self, now: float) -> None:
         """The first answer accepted after a spell of refusing everything: the allowance before
