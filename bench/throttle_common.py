@@ -1,4 +1,5 @@
-"""What the two throttling benchmarks report alike: the issue's targets and how figures print.
+"""What the two throttling benchmarks report alike: how figures print (and the issue's targets,
+``throttle_sim.meets``, which the tests hold too).
 
 bench/throttle_shapes.py (the fake-clock simulation) and bench/throttle_http.py (the same cells
 over HTTP against the emulator) judge a row by the same rule and write recoveries and phases the
@@ -10,37 +11,16 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from throttle_sim import Phase, Scenario  # tests/ is not a package: the path goes first
+from throttle_sim import (  # tests/ is not a package: the path goes first
+    Figures,
+    Phase,
+    meets,
+)
 
-
-class Figures(Protocol):
-    """What a run reports that its target is judged on (``SimResult``, and the HTTP run's)."""
-
-    @property
-    def share(self) -> float: ...  # accepted as a share of the limit
-
-    @property
-    def share_429(self) -> float: ...  # share of the answers that were 429s
-
-    @property
-    def recovery(self) -> tuple[float | None, ...]: ...  # seconds, per limit change
-
-    @property
-    def worst_recovery(self) -> float | None: ...
-
-
-def meets(result: Figures, scenario: Scenario) -> bool:
-    """The issue's target for the scenario."""
-    if scenario == "10x":
-        return result.share >= 0.90 and result.share_429 <= 0.02
-    if scenario == "at-limit":
-        return result.share >= 0.95 and result.share_429 <= 0.01
-    worst = result.worst_recovery
-    return worst is not None and worst <= 10.0
+__all__ = ["meets", "phases_text", "recovery_text", "target_text"]
 
 
 def recovery_text(result: Figures) -> str:

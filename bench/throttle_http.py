@@ -60,7 +60,7 @@ per-request work is not there). Reported: the delay's p50/p90/p99/max, the distr
 what that jitter does to a burst-1 token bucket at 100/s fed a perfect pace (the measured delays
 added to ideal send times), each beside the simulation's model.
 
-Targets (``throttle_common.meets``) are reported, not enforced: 10x >= 90 % of the limit and <= 2
+Targets (``throttle_sim.meets``) are reported, not enforced: 10x >= 90 % of the limit and <= 2
 % 429s, at-limit >= 95 % and <= 1 %, halved back above 90 % within 10 s of each change. The
 concurrency limiter sends no ``Retry-After`` whatever the style, so it runs once. Exits 1 if any
 request was answered other than 202 or 429 (the benchmark itself is broken then), 2 if it could
@@ -144,7 +144,7 @@ TABLE: Final = (
 
 @dataclass(frozen=True)
 class HttpResult:
-    """One cell over HTTP, in the simulation's terms (``throttle_common.Figures``)."""
+    """One cell over HTTP, in the simulation's terms (``throttle_sim.Figures``)."""
 
     config: SimConfig  # as run; for concurrency ``service`` is the hold the emulator applied
     phases: tuple[Phase, ...]  # the limiter's own counts, over its own elapsed time

@@ -23,7 +23,7 @@ import random
 import selectors
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Literal, TypeVar, get_args
+from typing import Literal, Protocol, TypeVar, get_args
 
 import anyio
 import httpx
@@ -285,6 +285,39 @@ def recovery(phase: Phase, admitted: list[float], step: float = 0.05) -> float |
             return k * step
         k += 1
     return None
+
+
+# --- The issue's targets ------------------------------------------------------------------
+
+# Accepted as a share of the limit at least, 429s as a share of the answers at most; and for
+# ``halved``, back above ``RECOVERED`` of the new limit within this many seconds of each change.
+TARGETS: dict[Scenario, tuple[float, float]] = {"10x": (0.90, 0.02), "at-limit": (0.95, 0.01)}
+RECOVERY_TARGET = 10.0
+
+
+class Figures(Protocol):
+    """What a run reports that its target is judged on (``SimResult``, and the HTTP run's)."""
+
+    @property
+    def share(self) -> float: ...  # accepted as a share of the limit
+
+    @property
+    def share_429(self) -> float: ...  # share of the answers that were 429s
+
+    @property
+    def recovery(self) -> tuple[float | None, ...]: ...  # seconds, per limit change
+
+    @property
+    def worst_recovery(self) -> float | None: ...
+
+
+def meets(result: Figures, scenario: Scenario) -> bool:
+    """The issue's target for the scenario: the one rule the tests and both benchmarks use."""
+    if scenario in TARGETS:
+        least, most_429 = TARGETS[scenario]
+        return result.share >= least and result.share_429 <= most_429
+    worst = result.worst_recovery
+    return worst is not None and worst <= RECOVERY_TARGET
 
 
 # --- The run -----------------------------------------------------------------------------
