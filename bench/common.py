@@ -8,6 +8,7 @@ bench/emulator_patch.py.
 
 from __future__ import annotations
 
+import argparse
 import os
 import resource
 import subprocess
@@ -53,3 +54,15 @@ def run_process(cmd: list[str], cwd: Path, cores: tuple[int, int]) -> Process:
 
 def pct(x: float) -> str:
     return f"{x:.2%}"
+
+
+def add_cores(parser: argparse.ArgumentParser, client: str) -> None:
+    """``--server-cpu`` (the emulator's core) and ``--client-cpu`` (``client``'s): every
+    benchmark pins the two sides apart on these 2-core machines."""
+    parser.add_argument("--server-cpu", type=int, default=0, help="core for the emulator (0)")
+    parser.add_argument("--client-cpu", type=int, default=1, help=f"core for {client} (1)")
+
+
+def check_cores(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.server_cpu == args.client_cpu:
+        parser.error("--server-cpu and --client-cpu must differ")

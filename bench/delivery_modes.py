@@ -80,7 +80,7 @@ from unittest import mock
 import aiohttp
 import httpx
 import polars as pl
-from common import Process, child_env, pct, run_process
+from common import Process, add_cores, check_cores, child_env, pct, run_process
 from emulator_patch import (
     CLOCK_TICKS,
     PASSWORD,
@@ -953,8 +953,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="cProfile one more delivery: when the CPU target is missed (auto)")  # fmt: skip
     add("--profile-lines", type=int, default=25, help="functions listed per ordering (25)")
     add("--paced-requests", type=int, default=60, help="requests of each kind, paced (60)")
-    add("--server-cpu", type=int, default=0, help="core for the emulator (0)")
-    add("--client-cpu", type=int, default=1, help="core for the clients and this script (1)")
+    add_cores(parser, "the clients and this script")
     args = parser.parse_args(argv)
     args.scenarios = [s.strip() for s in str(args.scenarios).split(",") if s.strip()]
     if not args.scenarios or any(s not in SCENARIOS for s in args.scenarios):
@@ -967,8 +966,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                args.concurrency, args.paced_requests, *args.ceiling_concurrency)  # fmt: skip
     if min(numbers) < 1 or not args.emulator_rate > 0:
         parser.error("counts, concurrency levels and --emulator-rate must be positive")
-    if args.server_cpu == args.client_cpu:
-        parser.error("--server-cpu and --client-cpu must differ")
+    check_cores(parser, args)
     return args
 
 

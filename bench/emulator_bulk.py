@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import httpx
+from common import add_cores, check_cores
 from emulator_patch import (
     CLOCK_TICKS,
     PASSWORD,
@@ -304,8 +305,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="requests in flight, comma-separated (default 1,4)")  # fmt: skip
     parser.add_argument("--repeat", type=int, default=2,
                         help="measurements per level, levels alternated (default 2)")  # fmt: skip
-    parser.add_argument("--server-cpu", type=int, default=0, help="core for the emulator (0)")
-    parser.add_argument("--client-cpu", type=int, default=1, help="core for this script (1)")
+    add_cores(parser, "this script")
     args = parser.parse_args(argv)
     try:
         args.levels = [int(c) for c in args.concurrency.split(",")]
@@ -317,8 +317,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--profiles-per-body must be 1..1000 (the API's bulk limit)")
     if args.pool % args.profiles_per_body:
         parser.error("--pool must be a multiple of --profiles-per-body (full bodies only)")
-    if args.server_cpu == args.client_cpu:
-        parser.error("--server-cpu and --client-cpu must differ")
+    check_cores(parser, args)
     return args
 
 

@@ -247,6 +247,8 @@ def smoke_test(client: httpx.Client, url: str) -> None:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    from common import add_cores, check_cores  # common imports this module: not at load time
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--duration", type=int, default=10, help="measured seconds (default 10)")
     parser.add_argument("--warmup", type=int, default=3, help="warm-up seconds (default 3)")
@@ -260,8 +262,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=1000,
         help="profiles seeded and PATCHed round-robin (default 1000)",
     )
-    parser.add_argument("--server-cpu", type=int, default=0, help="core for the emulator (0)")
-    parser.add_argument("--client-cpu", type=int, default=1, help="core for wrk (1)")
+    add_cores(parser, "wrk")
     parser.add_argument(
         "--target",
         type=float,
@@ -269,8 +270,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="PATCH/s the emulator should reach (default 2000); reported, not enforced",
     )
     args = parser.parse_args(argv)
-    if args.server_cpu == args.client_cpu:
-        parser.error("--server-cpu and --client-cpu must differ")
+    check_cores(parser, args)
     if min(args.duration, args.connections, args.threads, args.profiles) < 1:
         parser.error("--duration, --connections, --threads and --profiles must be positive")
     if args.connections < args.threads:

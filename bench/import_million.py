@@ -77,7 +77,7 @@ from typing import Any, Final, Literal
 
 import httpx
 import polars as pl
-from common import child_env
+from common import add_cores, check_cores, child_env
 from emulator_patch import (
     CLOCK_TICKS,
     PASSWORD,
@@ -794,8 +794,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--keep-outputs", action="store_true", help="keep the import files after each run")
     add("--rev", help="measure git revision REV (a temporary worktree), not this working tree")
     add("--timeout", type=float, default=1800.0, help="seconds before a run is killed (1800)")
-    add("--server-cpu", type=int, default=0, help="core for the emulator (0)")
-    add("--client-cpu", type=int, default=1, help="core for backfill run (1)")
+    add_cores(parser, "backfill run")
     args = parser.parse_args(argv)
     modes = [m.strip() for m in str(args.modes).split(",") if m.strip()]
     if not modes or any(m not in MODES for m in modes):
@@ -805,8 +804,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--people must be 1..{MAX_PEOPLE:,}")
     if min(args.repeat, args.concurrency, args.sample) < 1 or args.poll <= 0:
         parser.error("--repeat, --concurrency, --sample and --poll must be positive")
-    if args.server_cpu == args.client_cpu:
-        parser.error("--server-cpu and --client-cpu must differ")
+    check_cores(parser, args)
     if not Path(GNU_TIME).is_file():
         parser.error(f"{GNU_TIME} not found (Debian: apt-get install time)")
     return args

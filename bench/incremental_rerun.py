@@ -60,7 +60,7 @@ from typing import Any, Final, Literal
 
 import httpx
 import polars as pl
-from common import child_env
+from common import add_cores, check_cores, child_env
 from emulator_patch import (
     CLOCK_TICKS,
     BenchError,
@@ -545,15 +545,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--workdir", type=Path, help="keep the data, emulator state and runs here (and reuse)")
     add("--rev", help="measure git revision REV (a temporary worktree), not this working tree")
     add("--timeout", type=float, default=3600.0, help="seconds before a run is killed (3600)")
-    add("--server-cpu", type=int, default=0, help="core for the emulator (0)")
-    add("--client-cpu", type=int, default=1, help="core for backfill run (1)")
+    add_cores(parser, "backfill run")
     args = parser.parse_args(argv)
     if min(args.rows, args.profiles, args.repeat, args.concurrency) < 1:
         parser.error("--rows, --profiles, --repeat and --concurrency must be positive")
     if args.rows % args.profiles:
         parser.error("--profiles must divide --rows (the same number of rows per profile)")
-    if args.server_cpu == args.client_cpu:
-        parser.error("--server-cpu and --client-cpu must differ")
+    check_cores(parser, args)
     return args
 
 

@@ -55,7 +55,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import httpx
-from common import Process, pct, run_process
+from common import Process, add_cores, check_cores, pct, run_process
 from emulator_patch import (
     STORE_ID,
     TIERS,
@@ -495,8 +495,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     add("--poll", type=float, default=0.5, help="stats sampling interval, s (0.5)")
     add("--window", type=float, default=5.0, help="timeline window, s (5)")
-    add("--server-cpu", type=int, default=0, help="core for the emulator (0)")
-    add("--client-cpu", type=int, default=1, help="core for the clients (1)")
+    add_cores(parser, "the clients")
     add("--twilio-worker", help=argparse.SUPPRESS)  # internal: the CSV to send
     add("--url", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -508,8 +507,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--repeat, --limited-rows, --rows, --concurrency, --threads must be positive")
     if not (args.poll > 0 and args.window > 0 and args.emulator_rate > 0):
         parser.error("--poll, --window and --emulator-rate must be positive")
-    if args.server_cpu == args.client_cpu:
-        parser.error("--server-cpu and --client-cpu must differ")
+    check_cores(parser, args)
     return args
 
 

@@ -59,6 +59,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import httpx
+from common import add_cores, check_cores
 from emulator_patch import (
     CLOCK_TICKS,
     PASSWORD,
@@ -517,8 +518,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated")
     parser.add_argument("--repeat", type=int, default=3, help="repeats (3)")
     parser.add_argument("--profiles", type=int, default=1000, help="profiles seeded (1000)")
-    parser.add_argument("--server-cpu", type=int, default=0, help="core for the emulator (0)")
-    parser.add_argument("--client-cpu", type=int, default=1, help="core for the clients (1)")
+    add_cores(parser, "the clients")
     parser.add_argument(
         "--loop",
         choices=("asyncio", "uvloop"),
@@ -539,8 +539,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
     if min(args.requests, args.repeat, args.profiles, *args.concurrency) < 1 or args.warmup < 0:
         parser.error("--requests, --repeat, --profiles and --concurrency must be positive")
-    if args.server_cpu == args.client_cpu:
-        parser.error("--server-cpu and --client-cpu must differ")
+    check_cores(parser, args)
     return args
 
 
