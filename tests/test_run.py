@@ -456,9 +456,10 @@ def test_faults_and_throttling_end_in_the_same_store(
     assert s["requests"]["retries"] > 0
     assert s["requests"]["throttled"] > 0
     assert s["requests"]["transport_errors"] > 0
-    # What the throttle did: it met the 150/s limit and said so (summary and report).
+    # What the throttle did: it met the 150/s limit and said so (summary and report). Not
+    # the final rate: a run that ends after a clean plateau has probed back to its ceiling.
     throttle = s["throttle"]
-    assert throttle["events"] >= 1 and s["rate"]["final"] < 400
+    assert throttle["events"] >= 1
     assert throttle["concurrency"]["configured"] == 16
     assert 1 <= throttle["concurrency"]["final"] <= 16
     assert "| throttle | " in (out / "report.md").read_text()
