@@ -17,6 +17,13 @@ An import's upload URL (``/__uploads__/<token>``) stands for a storage service's
 do not apply there (the import's ``fileSize`` bounds it), while latency, 500/503 faults, drops
 and lost responses do, because any HTTP service on the way fails like that. A lost upload
 response was applied: re-sending the file is a 409 saying the import already received it.
+
+The same port serves a Segment Unify space (``segment_http``: ``/v1/batch``, ``/v1/identify``,
+``/v1/spaces/...``). The gate gives those paths latency, 500/503 faults, drops, lost responses
+and per-operation stats (``segment.batch``, ``segment.traits``, ...), but neither Twilio's auth,
+the Memory body cap nor the account's limit: they check their own credential and limit in the
+route, after the fault is drawn. Their 429s are not in ``rateLimited`` (the account's figure);
+their limiters' own counts are under ``segment`` in the stats.
 """
 
 from __future__ import annotations

@@ -544,6 +544,7 @@ class Space:
         self.new_seen.append((mid, now))
         if self.visible is not self.current:
             self.pending.append((now, msg))
+            self.read(now)  # replay what is due, so the queue holds at most ``lag`` of events
         c.events_applied += 1
         return "applied"
 

@@ -208,7 +208,6 @@ async def track(emu: Emulator, request: Request, batch: bool) -> Response:
         weight = min(float(max(1, len(kept))), emu.config.tracking_capacity)
         verdict = limit.admit(weight)
         if not verdict.admitted:
-            emu.stats.rate_limited += 1
             raise TrackingError(429, "rate_limited", "Too many events; retry later.",
                                 _limit_headers(limit, verdict))  # fmt: skip
     now = emu.segment_clock()
@@ -279,7 +278,6 @@ def _profile(emu: Emulator, request: Request) -> tuple[Profile, Replica]:
     if limit is not None:
         verdict = limit.admit()
         if not verdict.admitted:
-            emu.stats.rate_limited += 1
             raise ProfileError(429, "rate_limit_error", "Too many requests.",
                                _limit_headers(limit, verdict))  # fmt: skip
     if request.path_params.get("space_id") != space.space_id:
