@@ -171,8 +171,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     emu = commands.add_parser(
         "emulator",
-        help="serve a local emulator of the Memory API",
-        description="Serve a local emulator of the Twilio Memory API on loopback. All test "
+        help="serve a local emulator of the Memory API and a Segment Unify space",
+        description="Serve a local emulator of the Twilio Memory API, and of a Segment Unify "
+        "space (Tracking API at /v1/batch and /v1/identify, Profile API under /v1/spaces), "
+        "on loopback. All test "
         "behaviours are off by default and reproducible with --random-seed.",
     )
     emu.add_argument("--host", default="127.0.0.1", help="loopback address (default 127.0.0.1)")
@@ -212,6 +214,35 @@ def build_parser() -> argparse.ArgumentParser:
     emu.add_argument("--max-body-bytes", type=_byte_count, metavar="N",
                      help="answer 413 to an API request body over N bytes, before auth "
                      "and rate limit (default: no cap; never the import upload URL)")  # fmt: skip
+    emu.add_argument("--write-key", metavar="KEY",
+                     help="Segment Tracking API: the twilio-unified-profiles source's write key "
+                     "(default emulator-write-key)")  # fmt: skip
+    emu.add_argument("--access-token", metavar="TOKEN",
+                     help="Segment Profile API: the accepted access token "
+                     "(default emulator-access-token)")  # fmt: skip
+    emu.add_argument(
+        "--space-id",
+        metavar="ID",
+        help="Segment Profile API: the Unify space's id (default spa_emulator)",
+    )
+    emu.add_argument("--tracking-rate", type=_rate, metavar="EVENTS",
+                     help="Segment Tracking API: events/second, a request weighing its events; "
+                     "over it: 429 (default unlimited)")  # fmt: skip
+    emu.add_argument(
+        "--tracking-limiter",
+        choices=["token", "gcra", "fixed", "sliding"],
+        default="fixed",
+        help="the tracking limit's shape; windows are 1 s (default fixed)",
+    )
+    emu.add_argument("--tracking-burst", type=int, metavar="EVENTS",
+                     help="token/gcra tracking limit: bucket depth in events "
+                     "(default tracking-rate/10, at least 1)")  # fmt: skip
+    emu.add_argument("--profile-rate", type=_rate, metavar="REQUESTS",
+                     help="Segment Profile API: requests/second per space; over it: 429 "
+                     "(default unlimited)")  # fmt: skip
+    emu.add_argument("--segment-lag-ms", type=float, default=0.0,
+                     help="tracked events become visible to Profile API reads only after "
+                     "this delay")  # fmt: skip
     emu.add_argument("--random-seed", type=int, help="seed for every random decision")
     emu.add_argument("--state", type=Path, help="SQLite file that keeps state across restarts")
     emu.add_argument(
@@ -226,6 +257,11 @@ def _run_emulator(args: argparse.Namespace) -> int:
     kwargs = {}
     if args.auth is not None:
         kwargs["username"], kwargs["password"] = args.auth
+    for flag, field in (("write_key", "segment_write_key"),
+                        ("access_token", "segment_access_token"),
+                        ("space_id", "segment_space_id")):  # fmt: skip
+        if getattr(args, flag) is not None:
+            kwargs[field] = getattr(args, flag)
     config = EmulatorConfig(
         host=args.host,
         port=args.port,
@@ -247,6 +283,11 @@ def _run_emulator(args: argparse.Namespace) -> int:
         random_seed=args.random_seed,
         state=args.state,
         seed=args.seed,
+        tracking_rate=args.tracking_rate,
+        tracking_limiter=args.tracking_limiter,
+        tracking_burst=args.tracking_burst,
+        profile_rate=args.profile_rate,
+        segment_lag_ms=args.segment_lag_ms,
         **kwargs,
     )
     serve(config, on_ready=lambda url: print(f"listening on {url}", flush=True))

@@ -1,4 +1,4 @@
-"""A local emulator of the Twilio Memory API: the test target and the sample job's default."""
+"""A local emulator of the Twilio Memory API and a Segment Unify space, for tests and samples."""
 
 from backfill.emulator.app import Emulator
 from backfill.emulator.config import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_SECRET, EmulatorConfig

@@ -17,6 +17,13 @@ An import's upload URL (``/__uploads__/<token>``) stands for a storage service's
 do not apply there (the import's ``fileSize`` bounds it), while latency, 500/503 faults, drops
 and lost responses do, because any HTTP service on the way fails like that. A lost upload
 response was applied: re-sending the file is a 409 saying the import already received it.
+
+The same port serves a Segment Unify space (``segment_http``: ``/v1/batch``, ``/v1/identify``,
+``/v1/spaces/...``). The gate gives those paths latency, 500/503 faults, drops, lost responses
+and per-operation stats (``segment.batch``, ``segment.traits``, ...), but neither Twilio's auth,
+the Memory body cap nor the account's limit: they check their own credential and limit in the
+route, after the fault is drawn. Their 429s are not in ``rateLimited`` (the account's figure);
+their limiters' own counts are under ``segment`` in the stats.
 """
 
 from __future__ import annotations
@@ -24,9 +31,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import dataclasses
 import hmac
 import json
 import random
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -37,14 +46,17 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from backfill.emulator import imports, schema
+from backfill.emulator import imports, schema, segment_http
 from backfill.emulator.apierror import ApiError, bad_request
 from backfill.emulator.config import EmulatorConfig
 from backfill.emulator.faults import AccountLimit, Fault, FaultPlan, Stats
 from backfill.emulator.ids import IdMinter
 from backfill.emulator.limits import Verdict
+from backfill.emulator.segment import Counters, Space, SpaceConfigError
+from backfill.emulator.segment_seed import seed_space
 from backfill.emulator.state import Account, Redirect, Store, check_if_match, etag, paginate
 from backfill.emulator.storage import SqliteStorage, load_seed
+from backfill.errors import ConfigError
 
 JSON = "application/json"
 Handler = Callable[["Emulator", Request], Awaitable[Response]]
@@ -64,12 +76,32 @@ class Emulator:
         self.stats = Stats()
         self.faults = FaultPlan(config)
         self.storage = SqliteStorage(config.state) if config.state is not None else None
+        # The Segment space (segment.py): its clock is the wall clock, swappable by tests.
+        self.segment_clock: Callable[[], float] = time.time
+        lag = config.segment_lag_ms / 1000.0
+        space: Space | None = None
         if self.storage is not None and not self.storage.is_empty():
             self.storage.load(self.account)
+            space = self.storage.load_segment(lag)
         elif config.seed is not None:
-            load_seed(self.account, config.seed)
+            doc = load_seed(self.account, config.seed)
+            if "segment" in doc:
+                try:
+                    space = seed_space(doc["segment"], config.segment_space_id, lag, time.time())
+                except SpaceConfigError as exc:
+                    raise ConfigError(f"seed file {config.seed}: {exc}") from None
+        if space is None:
+            space = Space(config.segment_space_id, lag=lag)
+        self.segment = space
+        self.config = config = _space_id(config, space)
+        self.tracking_limit = segment_http.tracking_limit(config)
+        self.profile_limit = segment_http.profile_limit(config)
         self.commit()
         routes = [Route(path, _bind(self, fn), methods=[m], name=op) for m, path, op, fn in ROUTES]
+        routes += [Route(path, _bind(self, fn), methods=[m], name=op)
+                   for m, path, op, fn in segment_http.ROUTES]  # fmt: skip
+        routes.append(Route(segment_http.UNKNOWN, _bind(self, segment_http.unknown),
+                            name="segment.unknown"))  # fmt: skip
         routes.append(Route("/__emulator__/stats", self._stats, methods=["GET", "DELETE"]))
         upload = Route(imports.UPLOADS + "{token}", _bind(self, upload_import), methods=["PUT"],
                        name="imports.upload")  # fmt: skip
@@ -88,9 +120,10 @@ class Emulator:
     def commit(self) -> None:
         """Persist what the last request changed (or forget it when state lives in memory)."""
         if self.storage is not None:
-            self.storage.flush(self.account)
+            self.storage.flush(self.account, self.segment)
         else:
             self.account.dirty.clear()
+            self.segment.take_rows()
 
     async def commit_async(self) -> None:
         """``commit`` for a request's answer: the rows are taken here, in the event loop, and
@@ -100,8 +133,9 @@ class Emulator:
         storage = self.storage
         if storage is None:
             self.account.dirty.clear()
+            self.segment.take_rows()
             return
-        rows = storage.rows(self.account)
+        rows = storage.rows(self.account) + storage.segment_rows(self.segment)
         if not rows:
             return
 
@@ -118,17 +152,37 @@ class Emulator:
 
     async def _stats(self, request: Request) -> Response:
         limit = self.faults.limit
+        seg_limits = (self.tracking_limit, self.profile_limit)
         if request.method == "DELETE":
             self.stats.reset()
-            if limit is not None:
-                limit.reset()
+            self.segment.counters = Counters()
+            for each in (limit, *seg_limits):
+                if each is not None:
+                    each.reset()
         body = self.stats.snapshot()
         body["limiter"] = limit.snapshot() if limit is not None else None
+        tracking, profile = (x.snapshot() if x is not None else None for x in seg_limits)
+        body["segment"] = {
+            **self.segment.counters.view(),
+            "tracking_limiter": tracking,
+            "profile_limiter": profile,
+            "profiles": len(self.segment.current.profiles),
+        }
         return respond(200, body)
 
     def close(self) -> None:
         if self.storage is not None:
             self.storage.close()
+
+
+def _space_id(config: EmulatorConfig, space: Space) -> EmulatorConfig:
+    """The space a seed or state file names wins over the default id, not over a chosen one."""
+    if space.space_id == config.segment_space_id:
+        return config
+    if config.segment_space_id != EmulatorConfig.segment_space_id:
+        raise ConfigError(f"the seed or state names space {space.space_id!r}, "
+                          f"but the space id asked for is {config.segment_space_id!r}")  # fmt: skip
+    return dataclasses.replace(config, segment_space_id=space.space_id)
 
 
 def _bind(emulator: Emulator, fn: Handler) -> Callable[[Request], Awaitable[Response]]:
@@ -197,6 +251,11 @@ class Gate:
         if not (path.startswith("/v1/") or upload):
             await self.app(scope, receive, send)
             return
+        if segment_http.is_segment(path):
+            # Segment's APIs check their own credential and limit in the route (both need the
+            # body or the path); the gate gives them latency, faults, drops and stats.
+            await self._pass(scope, receive, send, False, None, None, segment=True)
+            return
         limit = None if upload else self.emulator.faults.limit
         if limit is None or not limit.holds_slots:
             await self._pass(scope, receive, send, upload, limit, None)
@@ -219,6 +278,7 @@ class Gate:
         upload: bool,
         limit: AccountLimit | None,
         verdict: Verdict | None,
+        segment: bool = False,
     ) -> None:
         """Everything after the gate's first look; ``verdict`` is a concurrency limit's."""
         emulator = self.emulator
@@ -231,7 +291,7 @@ class Gate:
                 stats.delay(op, delay)
                 await asyncio.sleep(delay)
         cap = emulator.config.max_body_bytes
-        if cap is not None and not upload:
+        if cap is not None and not (upload or segment):
             whole = await _body_within(scope, receive, cap)
             if whole is None:
                 stats.record(op, "413")
@@ -239,7 +299,7 @@ class Gate:
                     413, f"The request body is larger than {cap} bytes."))  # fmt: skip
                 return
             receive = whole
-        if not upload and not self._authorized(scope):
+        if not (upload or segment) and not self._authorized(scope):
             stats.record(op, "401")
             await _send_error(send, UNAUTHORIZED)
             return
@@ -257,7 +317,8 @@ class Gate:
             stats.record(op, fault.value)
             code = int(fault.value)
             message = "Internal Server Error" if code == 500 else "Service Unavailable"
-            await _send_error(send, ApiError(code, message))
+            error = segment_http.fault_error(scope["path"], code) if segment else None
+            await _send_error(send, error or ApiError(code, message))
             return
         if fault is Fault.DROP:
             stats.faults[fault.value] += 1

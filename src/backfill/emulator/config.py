@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,12 +15,17 @@ from backfill.emulator.limits import (
     Step,
     check_schedule,
 )
+from backfill.emulator.segment import DEFAULT_SPACE_ID
 from backfill.errors import ConfigError
 from backfill.transport.throttle import default_burst
 
 BURST_SHAPES: tuple[Shape, ...] = ("token", "gcra")
 WINDOW_SHAPES: tuple[Shape, ...] = ("fixed", "sliding")
 
+TRACKING_SHAPES: tuple[Shape, ...] = ("token", "gcra", "fixed", "sliding")
+SPACE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+DEFAULT_WRITE_KEY = "emulator-write-key"
+DEFAULT_ACCESS_TOKEN = "emulator-access-token"  # noqa: S105 - the local emulator's public token
 DEFAULT_ACCOUNT_SID = "AC00000000000000000000000000000000"
 DEFAULT_AUTH_SECRET = "emulator"  # noqa: S105 - the documented, public credential of the local emulator
 
@@ -60,6 +66,15 @@ class EmulatorConfig:
     upload_ttl_s: float = 900.0  # an import's upload URL expires this long after registration
     import_delay_ms: float = 0.0  # an uploaded import stays PROCESSING at least this long
     max_body_bytes: int | None = None  # larger /v1 request bodies are answered 413; None = no cap
+    # The Segment Unify space served beside Memory (see segment.py, segment_http.py).
+    segment_write_key: str = DEFAULT_WRITE_KEY  # the twilio-unified-profiles source's key
+    segment_access_token: str = DEFAULT_ACCESS_TOKEN  # the Profile API's token
+    segment_space_id: str = DEFAULT_SPACE_ID
+    tracking_rate: float | None = None  # Tracking API events/second; None = unlimited
+    tracking_limiter: Shape = "fixed"  # token, gcra, fixed or sliding (windows of 1 s)
+    tracking_burst: int | None = None  # token/gcra depth in events; defaults to max(1, rate / 10)
+    profile_rate: float | None = None  # Profile API requests/second; None = unlimited
+    segment_lag_ms: float = 0.0  # tracked writes become visible to Profile API reads this late
 
     def __post_init__(self) -> None:
         for name in ("fault_rate", "drop_rate", "lost_response_rate"):
@@ -80,6 +95,7 @@ class EmulatorConfig:
         if self.burst is not None and (self.burst < 1 or self.rate is None):
             raise ConfigError("burst must be at least 1 and needs --rate")
         self._check_limiter()
+        self._check_segment()
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port must be between 0 and 65535, got {self.port}")
         if not self.username or not self.password:
@@ -128,6 +144,53 @@ class EmulatorConfig:
                 check_schedule(self.limit_schedule)
             except ValueError as exc:
                 raise ConfigError(f"limit-schedule: {exc}") from None
+
+    def _check_segment(self) -> None:
+        for name in ("segment_write_key", "segment_access_token"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value or ":" in value:
+                raise ConfigError(f"{name.replace('_', '-')} must be a non-empty string "
+                                  "without ':'")  # fmt: skip
+        if not isinstance(self.segment_space_id, str) or not SPACE_ID.match(self.segment_space_id):
+            raise ConfigError(f"space-id must match {SPACE_ID.pattern}, got "
+                              f"{self.segment_space_id!r}")  # fmt: skip
+        for name in ("tracking_rate", "profile_rate"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"{name.replace('_', '-')} must be positive, got {value}")
+        if self.tracking_limiter not in TRACKING_SHAPES:
+            raise ConfigError(f"tracking-limiter must be one of {', '.join(TRACKING_SHAPES)}, "
+                              f"got {self.tracking_limiter!r}")  # fmt: skip
+        if self.tracking_burst is not None:
+            if self.tracking_rate is None or self.tracking_limiter not in BURST_SHAPES:
+                raise ConfigError("tracking-burst needs --tracking-rate and a token or gcra "
+                                  "--tracking-limiter")  # fmt: skip
+            if isinstance(self.tracking_burst, bool) or self.tracking_burst < 1:
+                raise ConfigError(f"tracking-burst must be at least 1, got {self.tracking_burst}")
+        if (
+            self.tracking_rate is not None
+            and self.tracking_limiter in WINDOW_SHAPES
+            and self.tracking_rate < 1
+        ):
+            raise ConfigError(f"tracking-rate {self.tracking_rate:g} with a 1 s window must be "
+                              "at least 1")  # fmt: skip
+        if self.profile_rate is not None and self.profile_rate < 1:
+            raise ConfigError(f"profile-rate {self.profile_rate:g} with a 1 s window must be "
+                              "at least 1")  # fmt: skip
+        if not (math.isfinite(self.segment_lag_ms) and self.segment_lag_ms >= 0):
+            raise ConfigError("segment-lag-ms must not be negative")
+
+    @property
+    def tracking_capacity(self) -> float:
+        """The most events the tracking limiter admits at once: a request that weighs more is
+        charged this much, so it is admitted when the limiter is wholly idle (a full bucket, an
+        empty window) instead of being refused forever."""
+        if self.tracking_rate is None:
+            return math.inf
+        if self.tracking_limiter in BURST_SHAPES:
+            burst = self.tracking_burst
+            return float(burst if burst is not None else default_burst(self.tracking_rate))
+        return self.tracking_rate * 1.0  # one window of 1 s
 
     @property
     def effective_limiter(self) -> Shape | None:

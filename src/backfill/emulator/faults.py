@@ -61,8 +61,9 @@ class AccountLimit:
         self.holds_slots = limiter.shape == "concurrency"
         self.limiter.reset_counters(clock())
 
-    def admit(self) -> Verdict:
-        return self.limiter.admit(self.clock())
+    def admit(self, weight: float = 1.0) -> Verdict:
+        """``weight``: what the request counts (the Tracking API's events in a batch)."""
+        return self.limiter.admit(self.clock(), weight)
 
     def release(self) -> None:
         self.limiter.release(self.clock())

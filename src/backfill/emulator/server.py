@@ -98,8 +98,8 @@ class EmulatorServer:
     """
 
     def __init__(self, config: EmulatorConfig | None = None) -> None:
-        self.config = config or EmulatorConfig()
-        self.emulator = Emulator(self.config)
+        self.emulator = Emulator(config or EmulatorConfig())
+        self.config = self.emulator.config  # a seed or state file may name the Segment space
         self._sock = _bind(self.config)
         self.url = _url(self._sock)
         self._server = _uvicorn(self.emulator)

@@ -27,19 +27,26 @@ from backfill.emulator import schema
 from backfill.emulator.apierror import ApiError
 from backfill.emulator.ids import PROFILE_ID, STORE_ID
 from backfill.emulator.imports import ImportJob
+from backfill.emulator.segment import Space
 from backfill.emulator.state import Account, Operation, Profile, Store, TraitGroup
 from backfill.errors import ConfigError, EmulatorError
 from backfill.files import private_file
 
 
-def load_seed(account: Account, path: Path) -> None:
-    """Load a seed document into ``account``; a ConfigError names the file and the place."""
+def load_seed(account: Account, path: Path) -> dict[str, Any]:
+    """Load a seed document into ``account``; a ConfigError names the file and the place.
+
+    Returns the document, whose optional ``segment`` object the caller seeds the Segment space
+    from (see ``segment.seed_space``); a document with ``segment`` may leave out ``stores``.
+    """
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise ConfigError(f"seed file {path}: {exc.strerror}") from exc
     except ValueError as exc:
         raise ConfigError(f"seed file {path} is not valid JSON: {exc}") from exc
+    if isinstance(doc, dict) and "segment" in doc and "stores" not in doc:
+        return doc
     if not isinstance(doc, dict) or not isinstance(doc.get("stores"), list):
         raise ConfigError(f"seed file {path}: expected an object with a 'stores' list")
     clock, lag = account.clock, account.write_lag
@@ -53,6 +60,7 @@ def load_seed(account: Account, path: Path) -> None:
     finally:
         account.clock = clock
     account.dirty.update(("store", s) for s in account.stores)
+    return doc
 
 
 def _seed_store(account: Account, raw: Any) -> None:
@@ -169,6 +177,12 @@ def _profile_doc(profile: Profile) -> dict[str, Any]:
     }
 
 
+_SEG_SPACE = "INSERT OR REPLACE INTO segment_space VALUES (1, ?)"
+_SEG_PROFILE = "INSERT OR REPLACE INTO segment_profiles VALUES (?, ?)"
+_SEG_GONE = "DELETE FROM segment_profiles WHERE segment_id = ?"
+_SEG_SEEN = "INSERT OR REPLACE INTO segment_messages VALUES (?, ?)"
+_SEG_EXPIRE = "DELETE FROM segment_messages WHERE at < ?"
+Row = tuple[str, tuple[str | float, ...]]
 _STORE = "INSERT OR REPLACE INTO stores VALUES (?, ?)"
 _PROFILE = "INSERT OR REPLACE INTO profiles VALUES (?, ?, ?)"
 _IMPORT = "INSERT OR REPLACE INTO imports VALUES (?, ?)"
@@ -192,6 +206,12 @@ class SqliteStorage:
                     PRIMARY KEY (store_id, id));
                 CREATE TABLE IF NOT EXISTS operations (id TEXT PRIMARY KEY, doc TEXT NOT NULL);
                 CREATE TABLE IF NOT EXISTS imports (id TEXT PRIMARY KEY, doc TEXT NOT NULL);
+                CREATE TABLE IF NOT EXISTS segment_space (
+                    id INTEGER PRIMARY KEY CHECK (id = 1), doc TEXT NOT NULL);
+                CREATE TABLE IF NOT EXISTS segment_profiles (
+                    segment_id TEXT PRIMARY KEY, doc TEXT NOT NULL);
+                CREATE TABLE IF NOT EXISTS segment_messages (
+                    message_id TEXT PRIMARY KEY, at REAL NOT NULL);
                 """
             )
         except (OSError, sqlite3.Error) as exc:
@@ -199,8 +219,35 @@ class SqliteStorage:
         self.path = path
 
     def is_empty(self) -> bool:
-        count: int = self._db.execute("SELECT count(*) FROM stores").fetchone()[0]
-        return count == 0
+        """Nothing kept: no store, no Segment profile, no remembered messageId."""
+        for table in ("stores", "segment_profiles", "segment_messages"):
+            count: int = self._db.execute(f"SELECT count(*) FROM {table}").fetchone()[0]  # noqa: S608 - fixed names
+            if count:
+                return False
+        return True
+
+    def load_segment(self, lag: float) -> Space | None:
+        """The Segment space the file keeps, or None when it keeps none."""
+        row = self._db.execute("SELECT doc FROM segment_space WHERE id = 1").fetchone()
+        if row is None:
+            return None
+        db = self._db
+        profiles = (json.loads(d) for (d,) in db.execute("SELECT doc FROM segment_profiles"))
+        seen = ((m, at) for m, at in db.execute("SELECT message_id, at FROM segment_messages"))
+        return Space.from_docs(json.loads(row[0]), profiles, seen, lag)
+
+    def segment_rows(self, space: Space) -> list[Row]:
+        """What the Segment space changed, as rows; taken in the event loop like ``rows``."""
+        doc, written, removed, seen, expired = space.take_rows()
+        rows: list[Row] = []
+        if doc is not None:
+            rows.append((_SEG_SPACE, (json.dumps(doc),)))
+        rows += [(_SEG_PROFILE, (p.segment_id, json.dumps(p.to_doc()))) for p in written]
+        rows += [(_SEG_GONE, (sid,)) for sid in removed]
+        if expired is not None:
+            rows.append((_SEG_EXPIRE, (expired,)))
+        rows += [(_SEG_SEEN, (mid, at)) for mid, at in seen]
+        return rows
 
     def load(self, account: Account) -> None:
         for (doc,) in self._db.execute("SELECT doc FROM stores"):
@@ -247,16 +294,16 @@ class SqliteStorage:
             account.imports[job.id] = job
         account.dirty.clear()
 
-    def flush(self, account: Account) -> None:
-        self.write(self.rows(account))
+    def flush(self, account: Account, space: Space | None = None) -> None:
+        self.write(self.rows(account) + (self.segment_rows(space) if space is not None else []))
 
-    def rows(self, account: Account) -> list[tuple[str, tuple[str, ...]]]:
+    def rows(self, account: Account) -> list[Row]:
         """What the last requests dirtied, as (statement, parameters), and clean again: taken
         in the event loop, where the state is changed, so ``write`` can run in a thread."""
         if not account.dirty:
             return []
         dirty, account.dirty = account.dirty, set()
-        rows: list[tuple[str, tuple[str, ...]]] = []
+        rows: list[Row] = []
         for key in dirty:
             if key[0] == "store":
                 store = account.stores.get(key[1])
@@ -274,7 +321,7 @@ class SqliteStorage:
                 rows.append((_OPERATION, (op.id, json.dumps(doc))))
         return rows
 
-    def write(self, rows: list[tuple[str, tuple[str, ...]]]) -> None:
+    def write(self, rows: list[Row]) -> None:
         """One transaction. Safe in a worker thread (the connection allows it); callers keep
         writes in the order their ``rows`` were taken."""
         if not rows:
