@@ -30,15 +30,44 @@ DataType = Literal["STRING", "NUMBER", "BOOLEAN", "ARRAY"]
 Nulls = Literal["skip", "delete"]
 
 
+Kind = Literal["memory", "segment"]
+KINDS: Final = ("memory", "segment")
+Region = Literal["us", "eu"]
+# Segment's documented hosts per region (../shared/segment-api.md, sections 1 and 2).
+TRACKING_HOSTS: Final = {"us": "https://api.segment.io", "eu": "https://events.eu1.segmentapis.com"}
+PROFILES_HOSTS: Final = {"us": "https://profiles.segment.com",
+                         "eu": "https://profiles.euw1.segment.com"}  # fmt: skip
+SPACE_ID = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
+
+
 @dataclass(frozen=True)
 class Connection:
-    base_url: str  # "emulator" or an https URL
-    store_id: str
+    """Where the job writes. ``memory``: a Conversation Memory store at ``base_url``.
+    ``segment``: a Unify space (Unified Profiles), written through the Tracking API at
+    ``base_url`` (the tracking URL) and read through the Profile API at ``profiles_url``."""
+
+    base_url: str  # "emulator" or an https URL; for segment, the tracking URL
+    store_id: str  # memory: the store; segment: "" (see ``destination``)
     seed: Path | None = None  # emulator only
+    kind: Kind = "memory"
+    space_id: str = ""
+    region: Region = "us"
+    profiles_url: str = ""
+    profiles_rate: float = 100.0  # Profile API requests/s: its own limit (100 a space)
 
     @property
     def embedded(self) -> bool:
         return self.base_url == EMULATOR
+
+    @property
+    def segment(self) -> bool:
+        return self.kind == "segment"
+
+    @property
+    def destination(self) -> str:
+        """What names the place written to, in the incremental state and caches: the store, or
+        the space (``segment:<space id>``, never equal to a store ID)."""
+        return f"segment:{self.space_id}" if self.segment else self.store_id
 
 
 @dataclass(frozen=True)
@@ -57,6 +86,22 @@ class Identifier:
     id_type: str
     normalization: str
     default_region: str = "US"
+    # Segment: how many values of this type one profile may hold (the space's identifier
+    # limit). Rows that would give a person more are reported, not sent blind.
+    limit: int | None = None
+
+
+# Segment's default identifier limits: user_id 1, every other type 5 (segment-api.md, 3).
+SEGMENT_LIMITS: Final = {"user_id": 1}
+SEGMENT_DEFAULT_LIMIT: Final = 5
+# Segment identifier types an identify event carries in fields of its own; every other type
+# goes in context.externalIds (and email in traits.email too).
+SEGMENT_FIELDS: Final = {"user_id": "userId", "anonymous_id": "anonymousId"}
+SEGMENT_ID_TYPE = re.compile(r"^[a-z][a-z0-9_.\-]{0,63}$")
+# What Segment's blocked-value guidance lists for every identifier (segment-api.md, 3):
+# values made of only 0s and dashes, and these exact values. Never promoted to identifiers.
+SEGMENT_BLOCKED: Final = ("-1", "null", "anonymous")
+SEGMENT_BLOCKED_PATTERN: Final = r"^[0-]*$"
 
 
 NO_PROFILE_TTL = 3600.0
@@ -73,6 +118,8 @@ class Identity:
     # Seconds a plan reuses a cached Lookup answer (0: never); "no profile" answers at most
     # NO_PROFILE_TTL of them (see ``no_profile_ttl``).
     lookup_ttl: float = 24 * 3600.0
+    # Segment: values the space blocks beyond SEGMENT_BLOCKED (exact, compared as sent).
+    blocked_values: tuple[str, ...] = ()
 
     @property
     def no_profile_ttl(self) -> float:
@@ -86,16 +133,28 @@ class Identity:
 
 @dataclass(frozen=True)
 class TraitMapping:
-    group: str
+    group: str  # "" for Segment, whose traits are flat
     trait: str
     column: str
     type: DataType = "STRING"
     split: str | None = None  # ARRAY: the separator inside one cell
     nulls: Nulls = "skip"  # what a blank cell means: leave the trait alone, or delete it
 
+    @property
+    def name(self) -> str:
+        """``Group.trait`` as messages name it (Segment's flat traits: ``trait``)."""
+        return dotted(self.group, self.trait)
+
+
+def dotted(group: str | None, trait: str) -> str:
+    return f"{group}.{trait}" if group else trait
+
 
 MODES: Final = ("patch", "bulk", "import")
-Mode = Literal["patch", "bulk", "import"]
+# A Segment job's one way of writing (Tracking API batches of identify events): set by
+# ``connection.kind``, never by ``send.mode``.
+IDENTIFY: Final = "identify"
+Mode = Literal["patch", "bulk", "import", "identify"]
 VERIFY: Final = ("sample", "all", "none")
 Verify = Literal["sample", "all", "none"]
 MAX_IMPORT_COLUMNS: Final = 100  # Memory API: columnMappings of one import, 2..100
@@ -240,9 +299,12 @@ def load_job(path: Path | str) -> Job:
         raise top.error("name", "use letters, digits, '-', '_' or '.' (it names the output folder)")
     connection = _connection(top.sub("connection", required=True))
     source = _source(top.sub("source", required=True))
-    identity = _identity(top.sub("identity"))
-    traits = _traits(top.sub("traits", required=True), source.nulls)
-    send = _send(top.sub("send"))
+    identity = _identity(top.sub("identity"), connection.segment)
+    if connection.segment:
+        traits = _flat_traits(top.sub("traits", required=True), source.nulls, identity)
+    else:
+        traits = _traits(top.sub("traits", required=True), source.nulls)
+    send = _send(top.sub("send"), connection.segment)
     output = top.sub("output")
     output.only("dir")
     out_dir = Path(output.string("dir") or f"out/{name}")
@@ -252,7 +314,9 @@ def load_job(path: Path | str) -> Job:
         raise top.error(
             "identity", "set profile_id_column or at least one [[identity.identifiers]]"
         )
-    if send.store_resolves:
+    if connection.segment:
+        _check_segment(top, raw)
+    elif send.store_resolves:
         _check_store_resolves(top, raw, identity, traits, send.mode)
     elif identity.on_unresolved == "create":
         # A create is keyed on the person's first identifier: the profile it makes must carry
@@ -303,7 +367,7 @@ def _check_store_resolves(
     for mapping in traits:
         if mapping.nulls == "delete":
             raise top.error(
-                f"traits.{mapping.group}.{mapping.trait}",
+                f"traits.{mapping.name}",
                 'nulls = "delete" needs mode = "patch": the Memory API documents removing a '
                 "trait by null only for PATCH; bulk and import merge what they are sent",
             )
@@ -337,8 +401,31 @@ def _camel(name: str) -> str:
     return head[:1].lower() + head[1:] + "".join(w[:1].upper() + w[1:] for w in rest)
 
 
+def _check_segment(top: _Reader, raw: dict[str, Any]) -> None:
+    """What a Segment job cannot say: Segment resolves identity from the identifiers each event
+    carries, so nothing addresses a profile directly, and every person it cannot match it
+    creates (as bulk and import into Memory)."""
+    table = raw.get("identity", {}) if isinstance(raw.get("identity"), dict) else {}
+    why = {
+        "profile_id_column": "Segment finds each profile by the identifiers an event carries; "
+        "there are no profile IDs to address",
+        "identity_map": "Segment resolves identity itself, not through a map of profile IDs",
+        "lookup": "a Segment job looks nothing up before sending: Segment resolves identity",
+        "lookup_ttl": "a Segment job looks nothing up before sending: Segment resolves identity",
+        "on_unresolved": "Segment creates every person it cannot match; remove the key",
+        "on_ambiguous": "Segment merges the profiles an event's identifiers match, within the "
+        "identifier limits; remove the key",
+    }
+    for key, message in why.items():
+        if key in table:
+            raise top.error(f"identity.{key}", f'connection.kind = "segment": {message}')
+
+
 def _connection(r: _Reader) -> Connection:
-    r.only("base_url", "store_id", "seed")
+    kind = r.choice("kind", KINDS, "memory")
+    if kind == "segment":
+        return _segment_connection(r)
+    r.only("kind", "base_url", "store_id", "seed")
     base_url = r.req("base_url").rstrip("/")
     if base_url != EMULATOR and not (
         base_url.startswith("https://") or _is_loopback_http(base_url)
@@ -351,6 +438,34 @@ def _connection(r: _Reader) -> Connection:
     if seed is not None and base_url != EMULATOR:
         raise r.error("seed", "only applies when base_url = 'emulator'")
     return Connection(base_url, store_id, Path(seed) if seed else None)
+
+
+def _segment_connection(r: _Reader) -> Connection:
+    r.only("kind", "space_id", "region", "tracking_url", "profiles_url", "profiles_rate", "seed")
+    space_id = r.req("space_id")
+    if not SPACE_ID.match(space_id):
+        raise r.error("space_id", f"{space_id!r} does not look like a Unify space ID "
+                      "(Unify settings > API access shows it)")  # fmt: skip
+    region = r.choice("region", ("us", "eu"), "us")
+    tracking = _url(r, "tracking_url", TRACKING_HOSTS[region])
+    profiles = _url(r, "profiles_url", PROFILES_HOSTS[region])
+    if (tracking == EMULATOR) != (profiles == EMULATOR):
+        which = "tracking_url" if tracking == EMULATOR else "profiles_url"
+        raise r.error(which, "the embedded emulator serves both APIs: set tracking_url and "
+                      'profiles_url both to "emulator", or neither')  # fmt: skip
+    seed = r.string("seed")
+    if seed is not None and tracking != EMULATOR:
+        raise r.error("seed", "only applies when tracking_url = 'emulator'")
+    rate = float(r.number("profiles_rate", 100.0, lo=0.001))
+    return Connection(tracking, "", Path(seed) if seed else None, "segment", space_id,
+                      region, profiles, rate)  # type: ignore[arg-type]  # fmt: skip
+
+
+def _url(r: _Reader, key: str, default: str) -> str:
+    url = (r.string(key, default) or default).rstrip("/")
+    if url != EMULATOR and not (url.startswith("https://") or _is_loopback_http(url)):
+        raise r.error(key, "must be 'emulator' or an https:// URL (TLS stays on)")
+    return url
 
 
 def _is_loopback_http(url: str) -> bool:
@@ -391,9 +506,10 @@ def _encoding(r: _Reader, name: str) -> str:
     return info.name
 
 
-def _identity(r: _Reader) -> Identity:
-    r.only("profile_id_column", "identity_map", "lookup", "on_unresolved", "on_ambiguous",
-           "identifiers", "lookup_ttl")  # fmt: skip
+def _identity(r: _Reader, segment: bool = False) -> Identity:
+    keys = ["profile_id_column", "identity_map", "lookup", "on_unresolved", "on_ambiguous",
+            "identifiers", "lookup_ttl"]  # fmt: skip
+    r.only(*keys, *(["blocked_values"] if segment else []))
     raw = r.table.get("identifiers", [])
     if not isinstance(raw, list):
         raise r.error("identifiers", "must be an array of tables ([[identity.identifiers]])")
@@ -402,7 +518,8 @@ def _identity(r: _Reader) -> Identity:
         if not isinstance(item, dict):
             raise r.error(f"identifiers[{i}]", "must be a table")
         ir = _Reader(r.file, item, f"{r.where}.identifiers[{i}]")
-        ir.only("column", "id_type", "normalization", "default_region")
+        ir.only("column", "id_type", "normalization", "default_region",
+                *(["limit"] if segment else []))  # fmt: skip
         id_type = ir.req("id_type")
         if not 2 <= len(id_type) <= 30:
             raise ir.error("id_type", "must be 2 to 30 characters, as the store's idType")
@@ -410,6 +527,9 @@ def _identity(r: _Reader) -> Identity:
         assert region is not None
         if not re.match(r"^[A-Z]{2}$", region):
             raise ir.error("default_region", "must be a two-letter region code such as US")
+        if segment:
+            identifiers.append(_segment_identifier(ir, id_type, region))
+            continue
         identifiers.append(
             Identifier(
                 ir.req("column"),
@@ -424,6 +544,12 @@ def _identity(r: _Reader) -> Identity:
     id_map = r.string("identity_map")
     if id_map is not None and not id_map.endswith((".csv", ".parquet")):
         raise r.error("identity_map", "must be a .csv or .parquet file")
+    if segment:  # Segment resolves identity itself: nothing is looked up, every person sent
+        if not identifiers:
+            raise r.error("identifiers", 'connection.kind = "segment" needs at least one '
+                          "[[identity.identifiers]]: Segment finds people by them")  # fmt: skip
+        return Identity(tuple(identifiers), lookup=False, on_unresolved="create",
+                        on_ambiguous="first", blocked_values=_blocked(r))  # fmt: skip
     return Identity(
         tuple(identifiers),
         r.string("profile_id_column"),
@@ -433,6 +559,34 @@ def _identity(r: _Reader) -> Identity:
         r.choice("on_ambiguous", ("report", "first"), "report"),  # type: ignore[arg-type]
         _duration(r, "lookup_ttl", 24 * 3600.0),
     )
+
+
+# The normalization each Segment identifier type must have: Unified Profiles matches only
+# E.164 phones, and the Profile API is queried with lower-case emails.
+SEGMENT_NORMALIZATION: Final = {"phone": "phone", "email": "email"}
+
+
+def _segment_identifier(ir: _Reader, id_type: str, region: str) -> Identifier:
+    if not SEGMENT_ID_TYPE.match(id_type):
+        raise ir.error("id_type", f"{id_type!r}: Segment identifier types are lower case "
+                       "(user_id, anonymous_id, email, phone, or a custom type)")  # fmt: skip
+    required = SEGMENT_NORMALIZATION.get(id_type)
+    normalization = ir.choice("normalization", NORMALIZATIONS, required or "trim")
+    if required is not None and normalization != required:
+        why = ("Unified Profiles matches only E.164 phones" if required == "phone"
+               else "the Profile API finds emails only in lower case")  # fmt: skip
+        raise ir.error("normalization", f'id_type {id_type} needs "{required}": {why}')
+    default = SEGMENT_LIMITS.get(id_type, SEGMENT_DEFAULT_LIMIT)
+    limit = int(ir.number("limit", default, lo=1, integer=True))
+    return Identifier(ir.req("column"), id_type, normalization, region, limit)
+
+
+def _blocked(r: _Reader) -> tuple[str, ...]:
+    raw = r.table.get("blocked_values", [])
+    if not isinstance(raw, list) or not all(isinstance(v, str) and v for v in raw):
+        raise r.error("blocked_values", "must be a list of non-empty strings (values the "
+                      "space blocks as identifiers, e.g. [\"void\", \"abc123\"])")  # fmt: skip
+    return tuple(raw)
 
 
 DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$")
@@ -472,6 +626,32 @@ def _traits(r: _Reader, default_nulls: str) -> tuple[TraitMapping, ...]:
     return tuple(mappings)
 
 
+SEGMENT_TRAIT = re.compile(r"^[^\x00-\x1f\x7f]{1,255}$")
+
+
+def _flat_traits(r: _Reader, default_nulls: str, identity: Identity) -> tuple[TraitMapping, ...]:
+    """Segment's traits are flat: ``[traits] name = "column"`` (or ``{ column = ..., type =
+    ... }``), any key Segment takes. The email identifier is sent as the ``email`` trait
+    (lower-cased), so a mapping of that name must read the same column."""
+    if not r.table:
+        raise r.error("", 'map at least one trait: [traits] name = "column"')
+    emails = {i.column for i in identity.identifiers if i.id_type == "email"}
+    mappings = []
+    for trait, spec in r.table.items():
+        if not SEGMENT_TRAIT.match(trait) or trait != trait.strip():
+            raise r.error(trait, "trait names are 1-255 characters, no control characters and "
+                          "no white space at either end")  # fmt: skip
+        if isinstance(spec, dict) and "column" not in spec:
+            raise r.error(trait, 'Segment traits are flat: write [traits] name = "column", '
+                          "not groups of traits")  # fmt: skip
+        mapping = _trait(r, "", trait, spec, default_nulls)
+        if trait == "email" and emails and mapping.column not in emails:
+            raise r.error(trait, f"the email identifier (column {sorted(emails)[0]!r}) is sent "
+                          "as the email trait; map this column under another name")  # fmt: skip
+        mappings.append(mapping)
+    return tuple(mappings)
+
+
 def _trait(gr: _Reader, group: str, trait: str, spec: Any, default_nulls: str) -> TraitMapping:
     if isinstance(spec, str):
         if not spec.strip():
@@ -500,18 +680,28 @@ def _incremental(r: _Reader, out_dir: Path) -> Incremental:
     return Incremental(path)
 
 
-def _send(r: _Reader) -> Send:
+# Segment: the Tracking API's budget is 1,000 events/s a workspace (segment-api.md, 1), shared
+# with live traffic; ``rate`` counts events there, and the throttle finds what is left.
+SEGMENT_RATE: Final = 1000.0
+SEGMENT_CONCURRENCY: Final = 8
+
+
+def _send(r: _Reader, segment: bool = False) -> Send:
     r.only("concurrency", "rate", "burst", "max_attempts", "adaptive", "timeout", "mode", "verify")
+    if segment and "mode" in r.table:
+        raise r.error("mode", 'connection.kind = "segment" has one way of writing (batches of '
+                      "identify events through the Tracking API); remove the key")  # fmt: skip
     burst = r.table.get("burst")
     if burst is not None:
         burst = int(r.number("burst", 1, lo=1, integer=True))
+    concurrency = SEGMENT_CONCURRENCY if segment else 16
     return Send(
-        concurrency=int(r.number("concurrency", 16, lo=1, integer=True)),
-        rate=float(r.number("rate", 50.0, lo=0.001)),
+        concurrency=int(r.number("concurrency", concurrency, lo=1, integer=True)),
+        rate=float(r.number("rate", SEGMENT_RATE if segment else 50.0, lo=0.001)),
         burst=burst,
         max_attempts=int(r.number("max_attempts", 6, lo=1, integer=True)),
         adaptive=r.boolean("adaptive", True),
         timeout=float(r.number("timeout", 30.0, lo=0.1)),
-        mode=r.choice("mode", MODES, "patch"),  # type: ignore[arg-type]
+        mode=IDENTIFY if segment else r.choice("mode", MODES, "patch"),  # type: ignore[arg-type]
         verify=r.choice("verify", VERIFY, "sample"),  # type: ignore[arg-type]
     )

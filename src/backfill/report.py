@@ -124,6 +124,16 @@ def format_plan(result: PlanResult) -> str:
         line("invalid rows", s.invalid_rows, "see rejects.csv: a bad cell's row goes on"),
     ]
     tail = f"Wrote {result.plan_path} and {result.rejects_path} ({n(s.rejects)} lines)."
+    if s.mode == "identify":  # Segment: it resolves every identify by the ids it carries
+        return "\n".join([
+            *head,
+            line("to Segment", s.resolved_by_store, "it resolves the ids each event carries"),
+            line("unresolved", s.unresolved, "no usable identifier"),
+            line("over a limit", s.conflict, "more ids of a type than a profile holds"),
+            line("people", s.profiles, "by their first identifier"),
+            line("identify events", s.requests, f"{n(s.split_requests)} extra: 298 traits each"),
+            tail,
+        ])  # fmt: skip
     if s.mode != "patch":  # the store resolves: no lookups, no profile IDs known yet
         return "\n".join([
             *head,
@@ -331,6 +341,13 @@ def format_run(summary: dict[str, Any]) -> str:
         splits = n(delivery.get("split_requests", 0))
         batches = n(delivery.get("batches", 0))
         lines.append(f"| bulk batches | {batches} ({splits} split to find refused profiles) |")
+    if mode == "identify":
+        lines.append(f"| accepted by Segment (identify) | {n(u.get('upserted', 0))} |")
+        splits = n(delivery.get("split_requests", 0))
+        batches = n(delivery.get("batches", 0))
+        lines.append(
+            f"| Tracking API batches | {batches} ({splits} split to find refused events) |"
+        )
     if mode == "import":
         files = delivery.get("files", [])
         done = sum(1 for f in files if f.get("status") == "COMPLETED")

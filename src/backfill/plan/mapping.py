@@ -17,11 +17,17 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 import polars as pl
 
-from backfill.config import Identifier, Job, TraitMapping
+from backfill.config import (
+    SEGMENT_BLOCKED,
+    SEGMENT_BLOCKED_PATTERN,
+    Identifier,
+    Job,
+    TraitMapping,
+)
 from backfill.errors import InvalidIdentifierError
 from backfill.plan.normalize import SPACE_CHARS, normalize, phone_countries, reads_national_as_nanp
 from backfill.plan.source import FILE, PROBLEM, ROW, unread
@@ -52,6 +58,27 @@ BARE_PHONE = rf"^[2-9][0-9]*(?:{_SEP}[0-9]+)*$"
 # characters as Unicode code points (what polars' len_chars and Python's len count).
 MAX_STRING = 1024
 MAX_ITEMS = 100
+
+
+@dataclass(frozen=True)
+class Caps:
+    """The most one value may hold where the job writes: a cell over it is reported alone,
+    where sending it would fail the whole request."""
+
+    max_string: int = MAX_STRING
+    max_items: int = MAX_ITEMS
+
+
+MEMORY_CAPS: Final = Caps()
+# Segment documents no cap on one value, only 32 KB an event (segment-api.md, 1): a longer
+# string can never be sent, and 10,000 is the most properties an event keeps.
+SEGMENT_CAPS: Final = Caps(max_string=32_000, max_items=10_000)
+
+
+def caps_for(job: Job) -> Caps:
+    return SEGMENT_CAPS if job.connection.segment else MEMORY_CAPS
+
+
 # JSON numbers are IEEE doubles: a whole number beyond 2^53 would land as a different number
 # (12345678901234567891 as ...890), so the service refuses one, and so does mapping.
 MAX_EXACT = 2**53
@@ -130,7 +157,9 @@ def _filled(column: str, dtype: pl.DataType) -> pl.Expr:
     return pl.col(column).is_not_null()
 
 
-def _trait(j: int, mapping: TraitMapping, dtype: pl.DataType) -> tuple[pl.Expr, Problem | None]:
+def _trait(
+    j: int, mapping: TraitMapping, dtype: pl.DataType, caps: Caps = MEMORY_CAPS
+) -> tuple[pl.Expr, Problem | None]:
     """(typed value, the problem a cell can have) for trait ``j``; the problem's flag reads
     the value column the expression produces, so the rule is not evaluated twice.
 
@@ -146,7 +175,7 @@ def _trait(j: int, mapping: TraitMapping, dtype: pl.DataType) -> tuple[pl.Expr, 
         value = pl.lit(None, _VALUE_TYPES[kind])
         return value, _problem(column, _text(column, dtype), flag, refused)
     if kind == "ARRAY":
-        return _array(j, mapping, dtype)
+        return _array(j, mapping, dtype, caps)
     text = _text(column, dtype)
     unset = _filled(column, dtype) & pl.col(value_column(j)).is_null()
     if kind == "NUMBER":
@@ -160,14 +189,15 @@ def _trait(j: int, mapping: TraitMapping, dtype: pl.DataType) -> tuple[pl.Expr, 
         what = " is not a BOOLEAN (true/false, yes/no, 1/0)"
         return value, _problem(column, text, unset, what)
     length = text.str.len_chars()
+    most = caps.max_string
     why = pl.concat_str(
-        pl.lit(" has "), length.cast(pl.String), pl.lit(f" characters; a STRING holds {MAX_STRING}")
+        pl.lit(" has "), length.cast(pl.String), pl.lit(f" characters; a STRING holds {most}")
     )
     if dtype == pl.String:
         # Over the limit needs over MAX_STRING bytes: only those few cells are stripped again.
-        long = pl.when(pl.col(column).str.len_bytes() > MAX_STRING).then(text)
+        long = pl.when(pl.col(column).str.len_bytes() > most).then(text)
         unset = pl.col(value_column(j)).is_null() & long.is_not_null()
-    return pl.when(length <= MAX_STRING).then(text), _problem(column, text, unset, why)
+    return pl.when(length <= most).then(text), _problem(column, text, unset, why)
 
 
 def _refused(dtype: pl.DataType, kind: str) -> str | None:
@@ -224,7 +254,9 @@ def _listed(col: pl.Expr, dtype: pl.DataType) -> pl.Expr:
     return col.arr.to_list() if isinstance(dtype, pl.Array) else col
 
 
-def _array(j: int, mapping: TraitMapping, dtype: pl.DataType) -> tuple[pl.Expr, Problem | None]:
+def _array(
+    j: int, mapping: TraitMapping, dtype: pl.DataType, caps: Caps
+) -> tuple[pl.Expr, Problem | None]:
     """An ARRAY value: split text, a typed list keeping its items' JSON type (numbers stay
     numbers, so what lands equals the source), or one typed cell as a one-item list.
 
@@ -239,7 +271,7 @@ def _array(j: int, mapping: TraitMapping, dtype: pl.DataType) -> tuple[pl.Expr, 
         mapping.split is None and (dtype.is_numeric() or dtype == pl.Boolean)
     )
     if not typed:
-        return _text_array(j, mapping, dtype, text)
+        return _text_array(j, mapping, dtype, text, caps)
     inner: PolarsDataType
     if isinstance(dtype, pl.List | pl.Array):
         items, inner = _listed(col, dtype), dtype.inner
@@ -268,14 +300,14 @@ def _array(j: int, mapping: TraitMapping, dtype: pl.DataType) -> tuple[pl.Expr, 
         .then(pl.lit(" has null items; the service takes none in an ARRAY"))
         .when(off)
         .then(pl.lit(why_off))
-        .otherwise(_too_many(count))
+        .otherwise(_too_many(count, caps))
     )
-    ok = count.is_between(1, MAX_ITEMS) & ~holes & ~off
+    ok = count.is_between(1, caps.max_items) & ~holes & ~off
     return pl.when(ok).then(items), _problem(column, text, flag.fill_null(False), why)
 
 
 def _text_array(
-    j: int, mapping: TraitMapping, dtype: pl.DataType, text: pl.Expr
+    j: int, mapping: TraitMapping, dtype: pl.DataType, text: pl.Expr, caps: Caps
 ) -> tuple[pl.Expr, Problem | None]:
     """An ARRAY of strings from text: split, or the whole cell as one item. Only the item
     count can be off, and only where the cell holds MAX_ITEMS separators or more."""
@@ -285,15 +317,15 @@ def _text_array(
     items = text.str.split(mapping.split).list.eval(item.filter(item.str.len_chars() > 0))
     count = items.list.len()
     raw = pl.col(mapping.column) if dtype == pl.String else text
-    many = raw.str.count_matches(mapping.split, literal=True) >= MAX_ITEMS
+    many = raw.str.count_matches(mapping.split, literal=True) >= caps.max_items
     flag = pl.col(value_column(j)).is_null() & many.fill_null(False)
-    value = pl.when(count.is_between(1, MAX_ITEMS)).then(items)
-    return value, _problem(mapping.column, text, flag, _too_many(count))
+    value = pl.when(count.is_between(1, caps.max_items)).then(items)
+    return value, _problem(mapping.column, text, flag, _too_many(count, caps))
 
 
-def _too_many(count: pl.Expr) -> pl.Expr:
+def _too_many(count: pl.Expr, caps: Caps) -> pl.Expr:
     return pl.concat_str(
-        pl.lit(" has "), count.cast(pl.String), pl.lit(f" items; an ARRAY holds {MAX_ITEMS}")
+        pl.lit(" has "), count.cast(pl.String), pl.lit(f" items; an ARRAY holds {caps.max_items}")
     )
 
 
@@ -359,6 +391,7 @@ def map_batch(job: Job, batch: pl.DataFrame) -> pl.DataFrame:
         _only(batch, open_rows, identifier).alias(identifier_column(k))
         for k, identifier in enumerate(job.identity.identifiers)
     ]
+    blocked = _blocked(job, schema)
     order = job.source.order_by
     if order is None:
         exprs.append(pl.lit(None, pl.Datetime("us", "UTC")).alias(ORDER))
@@ -367,8 +400,9 @@ def map_batch(job: Job, batch: pl.DataFrame) -> pl.DataFrame:
     else:  # one type per kind, so batches of different files concatenate
         exprs.append(typed_order(order, schema[order]).alias(ORDER))
     presents: list[pl.Expr] = []
+    caps = caps_for(job)
     for j, mapping in enumerate(job.traits):
-        value, problem = _trait(j, mapping, schema[mapping.column])
+        value, problem = _trait(j, mapping, schema[mapping.column], caps)
         exprs.append(value.alias(value_column(j)))
         # Read from the value column once it exists: eager polars would compute the value again.
         present = pl.col(value_column(j)).is_not_null()
@@ -386,14 +420,41 @@ def map_batch(job: Job, batch: pl.DataFrame) -> pl.DataFrame:
             & _filled(identifier.column, schema[identifier.column])
             & pl.col(identifier_column(k)).is_null()
         )
-        what = f" is not a valid {identifier.normalization} identifier"
+        what: str | pl.Expr = f" is not a valid {identifier.normalization} identifier"
+        if k in blocked:
+            what = pl.when(blocked[k]).then(pl.lit(BLOCKED)).otherwise(pl.lit(what))
         problems.append(_problem(identifier.column, raw, flag, what))
     # What source could not read faithfully (bad bytes, a ragged line) is reported as well.
     problems.append(Problem(pl.col(PROBLEM).is_not_null(), pl.col(PROBLEM)))
-    work = batch.with_columns(exprs).with_columns(_unsendable_identifiers(job, schema))
+    work = batch.with_columns(exprs)
+    if blocked:
+        work = work.with_columns(
+            pl.when(~flag).then(pl.col(identifier_column(k))).alias(identifier_column(k))
+            for k, flag in blocked.items()
+        )
+    work = work.with_columns(_unsendable_identifiers(job, schema))
     return work.with_columns(*presents, _invalid(work, problems).alias(INVALID)).select(
         mapped_columns(job)
     )
+
+
+BLOCKED: Final = " is a value Segment blocks as an identifier (it would match no one)"
+
+
+def _blocked(job: Job, schema: pl.Schema) -> dict[int, pl.Expr]:
+    """Segment: per identifier, where its cell holds a blocked value (``SEGMENT_BLOCKED``, the
+    0-and-dash pattern, ``identity.blocked_values``). Segment never promotes such a value to
+    an identifier, so a row keyed by it would land on no profile or a wrong one: the cell is
+    reported and takes no part in resolution, like a value that fails normalization."""
+    if not job.connection.segment:
+        return {}
+    exact = [*SEGMENT_BLOCKED, *job.identity.blocked_values]
+    flags = {}
+    for k, identifier in enumerate(job.identity.identifiers):
+        text = _text(identifier.column, schema[identifier.column]).str.strip_chars()
+        flag = text.str.contains(SEGMENT_BLOCKED_PATTERN) | text.is_in(exact)
+        flags[k] = (flag & (text.str.len_chars() > 0)).fill_null(False)
+    return flags
 
 
 def _unsendable_identifiers(job: Job, schema: pl.Schema) -> list[pl.Expr]:
@@ -411,6 +472,10 @@ def _unsendable_identifiers(job: Job, schema: pl.Schema) -> list[pl.Expr]:
                     & pl.col(identifier_column(k)).is_null()
                 )
                 value = pl.col(value_column(j))
+                if job.connection.segment and mapping.type == "STRING":
+                    # Segment promotes a trait-keyed identifier from the trait: it must hold
+                    # the value as normalized (an E.164 phone, a lower-case email).
+                    value = pl.col(identifier_column(k))
                 exprs.append(pl.when(bad).then(None).otherwise(value).alias(value_column(j)))
                 break
     return exprs

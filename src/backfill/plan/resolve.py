@@ -20,7 +20,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 import anyio
 import polars as pl
@@ -706,3 +706,84 @@ def _general(job: Job, frame: pl.LazyFrame, looked_up: bool) -> pl.LazyFrame:
     return frame.with_columns(
         target.alias(TARGET), outcome.alias(OUTCOME), reason.alias(REASON), action.alias(ACTION)
     ).drop([f"__c_{k}" for k in range(len(identifiers))])
+
+
+LIMIT_VALUES_SHOWN: Final = 6  # values named in an over-limit reason; the rest are counted
+
+
+def within_segment_limits(job: Job, resolved: pl.LazyFrame) -> pl.LazyFrame:
+    """Segment: every row with a person goes to Segment, which resolves them (``by_store``);
+    except the people whose rows carry more values of an identifier type than one profile may
+    hold (``limit``: user_id 1, others 5). Segment would drop the incoming event's
+    lowest-priority identifier and match again (segment-api.md, 3): the traits would land on
+    another profile, or a new one. All such a person's rows are reported (``conflict``, naming
+    the values), not sent blind."""
+    identifiers = job.identity.identifiers
+    keyed = pl.col(TARGET).is_not_null()
+    over = [
+        pl.col(identifier_column(k)).drop_nulls().n_unique() > (identifier.limit or 1)
+        for k, identifier in enumerate(identifiers)
+    ]
+    counts = (
+        resolved.filter(keyed)
+        .group_by(TARGET)
+        .agg(
+            pl.any_horizontal(over).alias("__over"),
+            *(o.alias(f"__over_{k}") for k, o in enumerate(over)),
+        )
+    )
+    people = counts.filter(pl.col("__over")).select(
+        TARGET, *(f"__over_{k}" for k in range(len(identifiers)))
+    )
+    values = (
+        resolved.join(people, on=TARGET, how="semi")
+        .group_by(TARGET)
+        .agg(
+            pl.col(identifier_column(k)).drop_nulls().unique().sort().alias(f"__vals_{k}")
+            for k in range(len(identifiers))
+        )
+    )
+    parts = []
+    for k, identifier in enumerate(identifiers):
+        vals = pl.col(f"__vals_{k}")
+        shown = vals.list.head(LIMIT_VALUES_SHOWN).list.join(", ")
+        more = vals.list.len().cast(pl.Int64) - LIMIT_VALUES_SHOWN
+        text = pl.concat_str(
+            vals.list.len().cast(pl.String),
+            pl.lit(f" {identifier.id_type} values ("),
+            shown,
+            pl.when(more > 0)
+            .then(pl.concat_str(pl.lit(", and "), more.cast(pl.String), pl.lit(" more")))
+            .otherwise(pl.lit("")),
+            pl.lit(f"), where a Segment profile holds at most {identifier.limit}"),
+        )
+        parts.append(pl.when(pl.col(f"__over_{k}")).then(text))
+    reason = pl.concat_str(
+        pl.lit("this person's rows carry "),
+        pl.concat_str(parts, separator="; ", ignore_nulls=True),
+        pl.lit(": Segment would drop an identifier and put the traits elsewhere"),
+    )
+    reasons = people.join(values, on=TARGET).select(TARGET, reason.alias("__limit_reason"))
+    marked = resolved.join(reasons, on=TARGET, how="left")
+    over_limit = pl.col("__limit_reason").is_not_null()
+    return marked.with_columns(
+        pl.when(over_limit).then(None).otherwise(pl.col(TARGET)).alias(TARGET),
+        pl.when(over_limit)
+        .then(pl.lit(CONFLICT))
+        .when(keyed)
+        .then(pl.lit(BY_STORE))
+        .otherwise(pl.col(OUTCOME))
+        .alias(OUTCOME),
+        pl.when(over_limit)
+        .then(pl.col("__limit_reason"))
+        .when(keyed)
+        .then(None)
+        .otherwise(pl.col(REASON))
+        .alias(REASON),
+        pl.when(over_limit)
+        .then(None)
+        .when(keyed)
+        .then(pl.lit(UPSERT))
+        .otherwise(pl.col(ACTION))
+        .alias(ACTION),
+    ).drop("__limit_reason")

@@ -19,7 +19,9 @@ from backfill.config import Job
 from backfill.plan.source import SourceFile
 
 # Job keys that cannot change what a resumed run sends: it sends the checkpoint's bodies.
-HARMLESS = frozenset({"send", "source.batch_rows", "identity.lookup_ttl"})
+HARMLESS = frozenset(
+    {"send", "source.batch_rows", "identity.lookup_ttl", "connection.profiles_rate"}
+)
 
 
 def _plain(value: Any) -> Any:
@@ -52,7 +54,7 @@ def job_meaning(job: Job) -> dict[str, Any]:
         for key in ("group", "trait"):
             spec.pop(key)
         for name, value in spec.items():
-            out[f"traits.{mapping.group}.{mapping.trait}.{name}"] = _plain(value)
+            out[f"traits.{mapping.name}.{name}"] = _plain(value)
     return out
 
 

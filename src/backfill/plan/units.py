@@ -20,8 +20,8 @@ from typing import Any, Final
 
 import polars as pl
 
-from backfill.config import Job
-from backfill.plan.mapping import ORDER, present_column, value_column
+from backfill.config import SEGMENT_FIELDS, Job
+from backfill.plan.mapping import ORDER, identifier_column, present_column, value_column
 from backfill.plan.resolve import NEW, TARGET, UPSERT
 from backfill.plan.source import FILE, ROW
 
@@ -146,6 +146,8 @@ def plan_units(job: Job, resolved: pl.LazyFrame) -> pl.LazyFrame:
         )
     )
     aggs: list[pl.Expr] = [pl.len().cast(pl.UInt32).alias("rows")]
+    if job.connection.segment:
+        aggs += segment_aggs(job)
     for j in range(len(job.traits)):
         column = _fragment_column(j) if j in deletes else value_column(j)
         aggs.append(pl.col(column).last(ignore_nulls=True))
@@ -218,9 +220,123 @@ def encode_trait(job: Job, j: int) -> pl.Expr:
 
 
 def job_chunks(job: Job) -> list[list[int]]:
-    """The job's traits as request chunks (identifier traits in each, for bulk and import)."""
+    """The job's traits as request chunks (identifier traits in each, for bulk and import;
+    for Segment, at most ``SEGMENT_TRAITS`` a chunk, one identify event each)."""
+    if job.connection.segment:
+        return chunk_traits([("", t.trait) for t in job.traits], 1, SEGMENT_TRAITS)
     ids = identifier_traits(job) if job.send.store_resolves else []
     return chunk_traits([(t.group, t.trait) for t in job.traits], always=ids)
+
+
+# Segment: traits one identify may carry. The docs disagree at exactly 300 (Engage rejects
+# 300 or more, Unify drops more than 300): 299, less the email trait an event may add.
+SEGMENT_TRAITS: Final = 298
+
+
+def _ids(k: int) -> str:
+    return f"__ids_{k}"  # a person's distinct values of identifier k, oldest row first
+
+
+def _latest_id(k: int) -> str:
+    return f"__idl_{k}"  # the value of identifier k in the person's latest row that has one
+
+
+STAMP: Final = "__stamp"  # the person's latest order_by value: the events' timestamp
+
+
+def segment_aggs(job: Job) -> list[pl.Expr]:
+    """Per person (rows sorted oldest first), what their identify events carry besides traits:
+    every value of each identifier, the latest one, and the latest order_by value."""
+    aggs: list[pl.Expr] = []
+    for k in range(len(job.identity.identifiers)):
+        column = pl.col(identifier_column(k))
+        aggs.append(column.drop_nulls().unique(maintain_order=True).alias(_ids(k)))
+        aggs.append(column.last(ignore_nulls=True).alias(_latest_id(k)))
+    aggs.append(pl.col(ORDER).last(ignore_nulls=True).alias(STAMP))
+    return aggs
+
+
+def segment_columns(job: Job) -> list[str]:
+    """The columns ``segment_aggs`` makes (what ``units_from_fragments`` reads for Segment)."""
+    ids = range(len(job.identity.identifiers))
+    return [name for k in ids for name in (_ids(k), _latest_id(k))] + [STAMP]
+
+
+def addressed_identity(job: Job) -> list[pl.Expr]:
+    """``segment_aggs``' columns for rows whose ``TARGET`` is a Profile API address
+    (``type:value``, ``reconcile --fix``): the person as Segment already holds them, named by
+    that one identifier; no timestamp, so the fix is the latest write."""
+    id_type = pl.col(TARGET).str.split_exact(":", 1).struct.field("field_0")
+    value = pl.col(TARGET).str.splitn(":", 2).struct.field("field_1")
+    exprs: list[pl.Expr] = []
+    for k, identifier in enumerate(job.identity.identifiers):
+        mine = pl.when(id_type == identifier.id_type).then(value)
+        exprs.append(
+            pl.when(mine.is_not_null())
+            .then(pl.concat_list(mine))
+            .otherwise(pl.lit([], pl.List(pl.String)))
+            .alias(_ids(k))
+        )
+        exprs.append(mine.alias(_latest_id(k)))
+    exprs.append(pl.lit(None, pl.Datetime("us", "UTC")).alias(STAMP))
+    return exprs
+
+
+def _json_string(value: pl.Expr) -> pl.Expr:
+    """A string column as JSON string literals (quotes and escapes as ``json_encode`` writes);
+    null stays null."""
+    encoded = pl.struct(value.alias("s")).struct.json_encode()
+    return pl.when(value.is_not_null()).then(
+        encoded.str.strip_prefix('{"s":').str.strip_suffix("}")
+    )
+
+
+def _identify_body(job: Job, chunk: list[int], stamped: bool) -> pl.Expr:
+    """One identify event of a chunk (null when the chunk sends no trait): ``userId`` and
+    ``anonymousId`` from those identifiers, the chunk's traits with ``email`` (the latest email
+    identifier, lower-cased), every other identifier value in ``context.externalIds``, and the
+    latest order_by as ``timestamp``. ``messageId`` is the delivery's to add (it names the job
+    and the space, which a plan does not)."""
+    identifiers = job.identity.identifiers
+    fields: list[pl.Expr] = [pl.lit('"type":"identify"')]
+    external: list[pl.Expr] = []
+    mapped = {t.trait for t in job.traits}
+    email: pl.Expr | None = None
+    for k, identifier in enumerate(identifiers):
+        field = SEGMENT_FIELDS.get(identifier.id_type)
+        latest = pl.col(_latest_id(k))
+        if field is not None:
+            fields.append(pl.concat_str(pl.lit(f'"{field}":'), _json_string(latest)))
+            continue
+        if identifier.id_type == "email" and "email" not in mapped:
+            email = pl.concat_str(pl.lit('"email":'), _json_string(latest))
+        item = pl.struct(
+            pl.element().alias("id"),
+            pl.lit(identifier.id_type).alias("type"),
+            pl.lit("users").alias("collection"),
+            pl.lit("none").alias("encoding"),
+        ).struct.json_encode()
+        values = pl.col(_ids(k)).list.eval(item).list.join(",")
+        external.append(pl.when(pl.col(_ids(k)).list.len() > 0).then(values))
+    fragments = [pl.col(_fragment_column(j)) for j in chunk]
+    traits = pl.concat_str([*fragments, *([email] if email is not None else [])], separator=",",
+                           ignore_nulls=True)  # fmt: skip
+    fields.append(pl.concat_str(pl.lit('"traits":{'), traits, pl.lit("}")))
+    if external:
+        ids = pl.concat_str(external, separator=",", ignore_nulls=True)
+        context = pl.concat_str(pl.lit('"context":{"externalIds":['), ids, pl.lit("]}"))
+        fields.append(pl.when(ids != "").then(context))
+    if stamped:
+        stamp = pl.col(STAMP)
+        text = stamp.dt.convert_time_zone("UTC").dt.to_string("%Y-%m-%dT%H:%M:%S%.3fZ")
+        # Segment may not ingest events dated before 1970: those go without a timestamp, as
+        # if sent now (the traits are the same; only the profile's history date differs).
+        fields.append(pl.when(stamp.dt.year() >= 1970).then(pl.concat_str(
+            pl.lit('"timestamp":"'), text, pl.lit('"'))))  # fmt: skip
+    body = pl.concat_str(pl.lit("{"), pl.concat_str(fields, separator=",", ignore_nulls=True),
+                         pl.lit("}"))  # fmt: skip
+    sent = pl.any_horizontal([f.is_not_null() for f in fragments])
+    return pl.when(sent).then(body)
 
 
 def units_from_fragments(
@@ -231,15 +347,23 @@ def units_from_fragments(
     Also what ``reconcile --fix`` uses, so a fix is encoded exactly as a plan. With ``orders``,
     ``fragments`` also holds ``plan_units``' per-trait key columns, and units an ``orders``
     column."""
-    ids = identifier_traits(job) if job.send.store_resolves else []
+    segment = job.connection.segment
+    ids = identifier_traits(job) if job.send.store_resolves and not segment else []
     chunks = job_chunks(job)
     ordered = job.source.order_by is not None
     with_orders = ["orders"] if orders else []
+    stamped = segment and ordered and fragments.collect_schema()[STAMP].is_temporal()
+
+    def body(c: int, chunk: list[int]) -> pl.Expr:
+        if segment:
+            return _identify_body(job, chunk, stamped)
+        return _body(job, chunk, None if c == 0 or not ids else chunk[len(ids) :])
+
     per_chunk = [
         fragments.select(
             pl.col(TARGET),
             pl.lit(c, pl.UInt16).alias("chunk"),
-            _body(job, chunk, None if c == 0 or not ids else chunk[len(ids) :]).alias("body"),
+            body(c, chunk).alias("body"),
             *(pl.col(name) for name in carry),
             *([_orders(job, chunk, ordered).alias("orders")] if orders else []),
         ).filter(pl.col("body").is_not_null())
