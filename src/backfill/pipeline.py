@@ -67,6 +67,7 @@ from backfill.plan.resolve import (
     relink,
     resolve_in_store,
     resolve_parts,
+    within_segment_limits,
 )
 from backfill.plan.resume import made_from, why_not
 from backfill.plan.source import (
@@ -198,6 +199,8 @@ def build_plan(
             # only the rest can be linked, which keeps a 1M-row bulk plan from walking them all.
             open_rows = resolved.filter(pl.col(OUTCOME) != BY_STORE)
             resolved = relink(resolved, link_new_people(resolving, open_rows))
+        if job.connection.segment:
+            resolved = within_segment_limits(job, resolved)
         plan_path = folder / "plan.parquet"
         rows = mapped.select(pl.len()).collect().item()
         write_units(job, resolved, plan_path, rows, spill)
@@ -297,7 +300,7 @@ def _check_mapped_types(job: Job, schemas: dict[Path, pl.Schema]) -> None:
 
 def mapped_names(job: Job) -> dict[str, str]:
     """Each mapped value column's name as the job file says it (for messages)."""
-    names = {value_column(j): f"traits.{t.group}.{t.trait} (column {t.column!r})"
+    names = {value_column(j): f"traits.{t.name} (column {t.column!r})"
              for j, t in enumerate(job.traits)}  # fmt: skip
     names[ORDER] = f"source.order_by (column {job.source.order_by!r})"
     return names
@@ -435,7 +438,7 @@ def run(
             return _deliver_and_report(job, db, out, resumed, quiet, remember=True, fresh=False)
         made = made_from(job, files)
         state = job.incremental.state if job.incremental is not None else None
-        store = job.connection.store_id
+        store = job.connection.destination
         if restart and job.connection.embedded:
             (out / EMULATOR_STATE).unlink(missing_ok=True)
             if state is not None:  # the store starts from its seed again: nothing landed
@@ -583,7 +586,7 @@ def _remember(job: Job, db: RunDB) -> None:
     under another hash scheme (another polars version) is not copied: its hashes would never
     match again, so they could only make the state bigger."""
     if job.incremental is not None and db.meta("hash_scheme") == HASH_SCHEME:
-        db.remember_landed(job.incremental.state, job.connection.store_id, HASH_SCHEME)
+        db.remember_landed(job.incremental.state, job.connection.destination, HASH_SCHEME)
 
 
 def _incremental_meta(job: Job, full: bool, skipped: int) -> dict[str, Any] | None:
@@ -674,7 +677,8 @@ def _deliver_and_report(
                 # Before the first write, and only when there is one (an incremental re-run
                 # with nothing to send sends no request at all): a store lacking a group or
                 # trait would refuse every such unit one by one; this stops with the diff.
-                await check(job, client)
+                if not job.connection.segment:  # a Unify space has no schema to check
+                    await check(job, client)
                 await send_all(client)
                 if (
                     read_back
@@ -682,7 +686,12 @@ def _deliver_and_report(
                     and job.send.store_resolves
                     and job.send.verify != "none"
                 ):
-                    said["verify"] = await verify_landing(job, client, db, out, quiet=quiet)
+                    if job.connection.segment:  # the Profile API, under its own bucket
+                        async with target.reader(job) as reader:
+                            said["verify"] = await verify_landing(job, reader, db, out,
+                                                                  quiet=quiet)  # fmt: skip
+                    else:
+                        said["verify"] = await verify_landing(job, client, db, out, quiet=quiet)
             return client.stats, bucket.rate, _throttle(job, client)
 
     try:

@@ -48,7 +48,12 @@ from backfill.pipeline import (
 )
 from backfill.plan.resolve import NEW, TARGET
 from backfill.plan.source import FILE, ROW, source_files
-from backfill.plan.units import HASH_SCHEME, encode_trait, units_from_fragments
+from backfill.plan.units import (
+    HASH_SCHEME,
+    addressed_identity,
+    encode_trait,
+    units_from_fragments,
+)
 from backfill.report import NOT_RESOLVED, REJECT_COLUMNS, PlanResult, write_private
 from backfill.verify.compare import (
     DIFFERS,
@@ -166,6 +171,8 @@ def _fix(
     # The bodies as plan.py encodes them, from fragments of only the traits to fix (a null
     # expected value encodes as null: the trait is deleted).
     encoded = fixing.with_columns(pl.when(flags[j]).then(encode_trait(job, j)) for j in range(n))
+    if job.connection.segment:
+        encoded = encoded.with_columns(addressed_identity(job))
     units = (
         units_from_fragments(job, encoded)
         .join(per_target.rename({TARGET: "profile_id"}), on="profile_id", how="left")
@@ -267,6 +274,7 @@ def _summary(
     failing = any(profiles[k] for k in unchecked) or rows["not_resolved"] or rows["invalid"]
     return {
         "job": str(job.path),
+        "store": "Segment" if job.connection.segment else "Memory",
         "exit_code": 1 if failing else 0,
         "seconds": round(seconds, 3),
         "profiles": profiles,
@@ -302,6 +310,7 @@ def format_reconcile(summary: dict[str, Any]) -> str:
     """reconcile.md, and what ``backfill reconcile`` prints."""
     p, t, r, s = summary["profiles"], summary["traits"], summary["rows"], summary["settle"]
     q, files = summary["requests"], summary["files"]
+    store = summary.get("store", "Memory")
     n = "{:,}".format
     problems = [
         (p["differing"], _count(p["differing"], "profile differs", "profiles differ")),
@@ -317,7 +326,9 @@ def format_reconcile(summary: dict[str, Any]) -> str:
          + " unusable cells"),
     ]  # fmt: skip
     if summary["exit_code"] == 0:
-        verdict = f"Memory matches the plan: {_count(p['checked'], 'profile', 'profiles')} checked."
+        verdict = (
+            f"{store} matches the plan: {_count(p['checked'], 'profile', 'profiles')} checked."
+        )
     else:
         found = "; ".join(text for count, text in problems if count)
         verdict = f"{found[0].upper()}{found[1:]}. Differences: {files['differences']}."
@@ -338,7 +349,7 @@ def format_reconcile(summary: dict[str, Any]) -> str:
         f"| planned profiles merged into one (never fixed) | {n(p['merged_together'])} |",
         f"| traits checked | {n(t['checked'])} |",
         f"| traits differing | {n(t['differing'])} |",
-        f"| traits missing in Memory | {n(t['missing_in_memory'])} |",
+        f"| traits missing in {store} | {n(t['missing_in_memory'])} |",
         f"| source rows resolving to no profile | {n(r['not_resolved'])} |",
         f"| source rows with unusable cells | {n(r['invalid'])} |",
     ]
@@ -350,11 +361,11 @@ def format_reconcile(summary: dict[str, Any]) -> str:
         f"{n(q['throttled'])} answered 429) |",
         f"| time | {summary['seconds']:.1f} s |",
         "",
-        "| trait group | checked | matching | differing | missing in Memory |",
+        f"| trait group | checked | matching | differing | missing in {store} |",
         "|---|---:|---:|---:|---:|",
         *(
-            f"| {g} | {n(c['checked'])} | {n(c['matching'])} | {n(c['differing'])} "
-            f"| {n(c['missing_in_memory'])} |"
+            f"| {g or '(all traits)'} | {n(c['checked'])} | {n(c['matching'])} "
+            f"| {n(c['differing'])} | {n(c['missing_in_memory'])} |"
             for g, c in summary["groups"].items()
         ),
     ]
@@ -367,7 +378,8 @@ def format_reconcile(summary: dict[str, Any]) -> str:
         lines += [
             "",
             f"Fix: {_count(u['total'], 'request', 'requests')} for "
-            f"{_count(fix['profiles'], 'profile', 'profiles')}: {n(u['updated'])} accepted, "
+            f"{_count(fix['profiles'], 'profile', 'profiles')}: "
+            f"{n(u['updated'] + u.get('upserted', 0))} accepted, "
             f"{n(u['profile_not_found'])} profile not found, {n(u['failed'])} failed "
             f"(see {fix['files']['report']}). Run reconcile again to verify that they landed.",
         ]
@@ -407,8 +419,10 @@ def reconcile(
             parts = write_expected(job, plan_folder, {}, profiles=where)
             _retarget_rows(plan_folder / ROWS_FILE, where)
             # A fix sends the few traits that differ, to profiles now known: PATCH does that
-            # (a bulk body would need the identifiers too).
-            fixer = replace(job, send=replace(job.send, mode="patch"))
+            # (a bulk body would need the identifiers too). Segment's one way is an identify
+            # keyed by the identifier the person was read by.
+            if not job.connection.segment:
+                fixer = replace(job, send=replace(job.send, mode="patch"))
         else:
             parts = write_expected(job, plan_folder, _created_profiles(out))
         profiles, to_create = (

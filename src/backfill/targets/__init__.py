@@ -10,7 +10,11 @@ from backfill.transport.client import MemoryClient
 
 
 def delivery_for(job: Job, client: MemoryClient) -> Callable[[Run], Delivery]:
-    """The delivery ``[send] mode`` names, bound to the job and client."""
+    """The delivery ``[send] mode`` (or ``connection.kind``) names, bound to job and client."""
+    if job.connection.segment:
+        from backfill.targets.segment import SegmentIdentify
+
+        return lambda run: SegmentIdentify(job, client, run)
     if job.send.mode == "bulk":
         from backfill.targets.memory_bulk import MemoryBulk
 

@@ -530,6 +530,21 @@ class SchemaResult:
         return self.applied.after if self.applied is not None else self.diff
 
 
+def segment_schema_text(job: Job) -> str:
+    """What ``schema`` says for a Segment job: a Unify space has no trait schema to create
+    (an event's traits make themselves), but its identity settings decide where they land."""
+    lines = [
+        f"Nothing to create on Segment: space {job.connection.space_id} keeps no trait "
+        "definitions; each identify event's traits are created as they arrive.",
+        "What the job sends as identifiers; check each in Unify settings > Identity resolution "
+        "(a type not configured there is added with the default limit and priority):",
+    ]
+    for identifier in job.identity.identifiers:
+        lines.append(f"  {identifier.id_type} (column {identifier.column!r}): at most "
+                     f"{identifier.limit} a profile")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
 def schema(job_path: Path | str, *, apply: bool = False, prune: bool = False) -> SchemaResult:
     """``backfill schema JOB [--apply [--prune]]``: the diff, and with ``apply`` the fix."""
     from backfill.aio import run_async
@@ -540,6 +555,8 @@ def schema(job_path: Path | str, *, apply: bool = False, prune: bool = False) ->
     if prune and not apply:
         raise ConfigError("--prune deletes traits, so it only goes with --apply")
     job = load_job(job_path)
+    if job.connection.segment:
+        return SchemaResult(job, SchemaDiff(), None, segment_schema_text(job), EXIT_READY)
 
     async def main(client: MemoryClient) -> SchemaResult:
         async with client:

@@ -70,15 +70,30 @@ _JSON_TYPE: Final = {"Content-Type": "application/json"}
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")  # an absolute URL, not a path
 
 
+TWILIO_CHECK: Final = (
+    "check TWILIO_API_KEY and TWILIO_API_SECRET (or TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN)"
+)
+
+
 @dataclass(frozen=True)
 class Credentials:
-    """HTTP Basic credentials: an API key SID + secret, or the Account SID + Auth Token."""
+    """HTTP Basic credentials: an API key SID + secret, or the Account SID + Auth Token; or a
+    Segment key alone as the user name with an empty password (a write key, a Profile API
+    token), which is then the secret. ``api`` and ``check`` word an auth failure."""
 
     username: str
     password: str = field(repr=False)
+    api: str = "the Memory API"
+    check: str = TWILIO_CHECK
 
     def __repr__(self) -> str:
-        return f"Credentials(username={self.username!r})"
+        shown = repr(self.username) if self.password else "'***'"
+        return f"Credentials(username={shown})"
+
+    @property
+    def secret(self) -> str:
+        """What must never be shown: the password, or the key that stands alone."""
+        return self.password or self.username
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Credentials:
@@ -531,13 +546,11 @@ class MemoryClient:
         detail = f"HTTP {reply.status}"
         if reply.code is not None:
             detail += f", Twilio error {reply.code}"
-        message = _redact(reply.message, self._credentials.password)
+        credentials = self._credentials
+        message = _redact(reply.message, credentials.secret)
         if message:
             detail += f": {message}"
-        return AuthError(
-            f"the Memory API {what} ({detail}); check TWILIO_API_KEY and TWILIO_API_SECRET "
-            "(or TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN)"
-        )
+        return AuthError(f"{credentials.api} {what} ({detail}); {credentials.check}")
 
 
 def _reply(answer: _Answer, attempt: int, throttled: int) -> Reply:
@@ -551,7 +564,13 @@ def _reply(answer: _Answer, attempt: int, throttled: int) -> Reply:
     code: int | None = None
     message: str | None = None
     if status >= 400 and isinstance(body, Mapping):
-        raw_code, raw_message = body.get("code"), body.get("message")
+        error = body.get("error")
+        if isinstance(error, Mapping):  # Segment's Profile API: {"error": {code, message}}
+            raw_code, raw_message = error.get("code"), error.get("message")
+        else:
+            raw_code, raw_message = body.get("code"), body.get("message")
         code = raw_code if isinstance(raw_code, int) and not isinstance(raw_code, bool) else None
         message = raw_message if isinstance(raw_message, str) else None
+        if isinstance(raw_code, str) and raw_code:  # Segment's codes are words: keep them
+            message = f"{raw_code}: {message}" if message else raw_code
     return Reply(status, body, headers, attempt, code, message, throttled)

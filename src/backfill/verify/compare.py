@@ -36,9 +36,10 @@ from backfill.plan.resolve import NEW, TARGET
 from backfill.plan.source import FILE, ROW
 from backfill.plan.units import BUCKET_ROWS
 from backfill.targets.memory_patch import PROFILE_ID, profile_path
+from backfill.verify.segment import MAX_PAGES, TRAITS_PAGE, include, traits_path
 
 if TYPE_CHECKING:
-    from backfill.transport.client import ClientStats, MemoryClient
+    from backfill.transport.client import ClientStats, MemoryClient, Reply
 
 # Trait outcomes (``kind`` in reconcile.csv) and profile outcomes (profiles.csv).
 MATCHES: Final = "matches"
@@ -267,13 +268,43 @@ async def _fetch(
         return _Fetched(FOUND, traits if isinstance(traits, dict) else {}, canonical)
     if reply.status == 404:
         return _Fetched(NOT_FOUND, {}, canonical)
+    return _Fetched(FETCH_FAILED, {}, canonical, _failure(reply))
+
+
+async def _fetch_segment(client: MemoryClient, job: Job, person: str) -> _Fetched:
+    """GET the traits of ``person`` (``type:value``) from the Profile API, every page, as one
+    group named ``""`` (Segment's traits are flat: ``verify.segment``)."""
+    params: dict[str, str] = {"limit": str(TRAITS_PAGE)}
+    wanted = include(job)
+    if wanted is not None:
+        params["include"] = wanted
+    path = traits_path(job.connection.space_id, person)
+    traits: dict[str, Any] = {}
+    for _ in range(MAX_PAGES):
+        reply = await client.request("GET", path, params=params)
+        if reply.status == 404:
+            return _Fetched(NOT_FOUND, {}, None)
+        body = reply.body
+        page = body.get("traits") if isinstance(body, dict) else None
+        if not reply.ok or not isinstance(page, dict):
+            return _Fetched(FETCH_FAILED, {}, None, _failure(reply))
+        traits.update(page)
+        cursor = body.get("cursor") if isinstance(body, dict) else None
+        after = cursor.get("next") if isinstance(cursor, dict) else None
+        if not (isinstance(cursor, dict) and cursor.get("has_more") is True and after):
+            return _Fetched(FOUND, {"": traits}, None)
+        params["next"] = str(after)
+    return _Fetched(FETCH_FAILED, {}, None, f"the traits did not end after {MAX_PAGES} pages")
+
+
+def _failure(reply: Reply) -> str:
     what = f"HTTP {reply.status}" if reply.status else "no response"
     detail = f"{what} after {reply.attempts} attempt(s)"
     if reply.code is not None:
         detail += f", Twilio error {reply.code}"
     if reply.message:
         detail += f": {reply.message}"
-    return _Fetched(FETCH_FAILED, {}, canonical, detail)
+    return detail
 
 
 def _trait_groups(job: Job) -> dict[str, str] | None:
@@ -420,7 +451,11 @@ async def _check(
     async def worker(rows: ObjectReceiveStream[tuple[Any, ...]]) -> None:
         async with rows:
             async for row in rows:
-                into.record(row, await _fetch(client, store, row[0], params))
+                if job.connection.segment:
+                    fetched = await _fetch_segment(client, job, row[0])
+                else:
+                    fetched = await _fetch(client, store, row[0], params)
+                into.record(row, fetched)
                 progress(1)
 
     async with anyio.create_task_group() as tg:
@@ -456,7 +491,8 @@ def check_all(
 
     async def main() -> Checked:
         with open_target(job) as target:
-            async with target.client(job) as client:
+            reader = target.reader(job) if job.connection.segment else target.client(job)
+            async with reader as client:
                 return await check_profiles(job, client, parts, names, rec, profiles, settle,
                                             quiet)  # fmt: skip
 

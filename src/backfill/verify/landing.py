@@ -30,7 +30,7 @@ import anyio
 import polars as pl
 
 from backfill.checkpoint import RunDB
-from backfill.config import Job
+from backfill.config import Job, dotted
 from backfill.files import private_dir
 from backfill.plan.resolve import NEW, TARGET, lookup_candidates
 from backfill.verify.compare import (
@@ -42,6 +42,7 @@ from backfill.verify.compare import (
     check_profiles,
     write_expected,
 )
+from backfill.verify.segment import address
 
 if TYPE_CHECKING:
     from backfill.transport.client import MemoryClient
@@ -83,6 +84,8 @@ async def _locate(
     answer ("not found") or a failed lookup (its reason)."""
     if not targets:
         return {}, {}
+    if job.connection.segment:  # read by the identifier itself: nothing to look up
+        return {target: address(target) for target in targets}, {}
     id_types = [i.id_type for i in job.identity.identifiers]
     found, _ = await lookup_candidates(job, _pairs(job, targets), client, db)
     answers = {
@@ -109,6 +112,10 @@ def locate_all(job: Job, targets: list[str], out: Path) -> pl.DataFrame:
     from backfill.transport.connection import open_target
 
     people = [t for t in targets if t.startswith(NEW)]
+    if job.connection.segment:
+        addresses = [address(t) if t.startswith(NEW) else t for t in targets]
+        return pl.DataFrame({TARGET: targets, "profile": addresses},
+                            schema={TARGET: pl.String, "profile": pl.String})  # fmt: skip
 
     async def main() -> dict[str, str]:
         with open_target(job) as target, RunDB(out / RUN_FILE) as db:
@@ -134,9 +141,9 @@ def _messages(checked_profiles: Path, checked_traits: Path) -> dict[str, tuple[s
         "profile_id", "group", "trait", "expected", "actual", "kind"
     ).iter_rows():
         if kind == MISSING:
-            named[profile_id].append(f"{group}.{trait} is missing (latest row: {expected})")
+            named[profile_id].append(f"{dotted(group, trait)} is missing (latest row: {expected})")
         elif kind == DIFFERS:
-            named[profile_id].append(f"{group}.{trait} is {actual} (latest row: {expected})")
+            named[profile_id].append(f"{dotted(group, trait)} is {actual} (latest row: {expected})")
     found: dict[str, tuple[str, str]] = {}
     for profile_id, outcome, detail in profiles.select(
         "profile_id", "outcome", "detail"

@@ -1,0 +1,160 @@
+"""``connection.kind = "segment"``: identify events through the Tracking API's ``/v1/batch``,
+into a Unify space (Twilio Unified Profiles).
+
+A unit is one identify event as the plan wrote it (``plan.units``: userId, the traits, the email
+trait, the other identifiers in ``context.externalIds``, ``timestamp`` from ``order_by``). Here
+each event gets:
+
+- a **deterministic ``messageId``**, a UUIDv5 of the space, the job, the unit's key and its
+  body. Segment drops a ``messageId`` it saw in the last day (its dedupe is global, hence the
+  space and job in it), so a batch re-sent after a lost answer, or by a run resumed after a
+  crash, is not applied twice; a changed value makes another body, hence another ID.
+- an **``anonymousId``** when the person has neither a user_id nor an anonymous_id: the
+  Tracking API discards an identify without one of them (``no_user_anon_id``). It is a UUIDv5
+  of the space and the person's key (``email a@x.io``), the same on every run, so a person
+  gains one such identifier, not one a run.
+
+Batches hold at most ``MAX_EVENTS`` events (fewer: the bucket's burst, so a batch never waits
+seconds for its tokens) and ``BATCH_BYTES`` of JSON (the official client's aim, under the
+documented 500 KB). Each request weighs its events in the throttle: Segment counts events, not
+requests. An event over ``EVENT_BYTES`` is never sent (Segment refuses the whole batch holding
+it): it is reported with its rows. A 400 refuses the whole batch: it is bisected until the
+events Segment refuses are alone, each reported, while every other lands.
+
+A 200 proves only that the batch was received: Segment processes events asynchronously and
+discards some without saying (segment-api.md, 1). The outcome is ``upserted``; ``run`` reads
+people back through the Profile API afterwards (``[send] verify``) to prove the landing.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from typing import Any, Final
+
+from backfill.checkpoint import DONE, FAILED, Result, Unit
+from backfill.config import Job
+from backfill.deliver.interface import Batch, Limits, Run
+from backfill.plan.resolve import NEW
+from backfill.plan.units import job_chunks
+from backfill.transport.client import MemoryClient, Reply
+
+UPSERTED: Final = "upserted"
+FAILED_OUTCOME: Final = "failed"
+MAX_EVENTS: Final = 2_500  # events one batch may hold; Segment drops the ones beyond, with a 200
+EVENT_BYTES: Final = 32 * 1024  # one event's JSON, at most: 400 for the whole batch above it
+BATCH_BYTES: Final = 475_000  # the official client's aim, under the documented 500 KB a request
+SPLIT_ON: Final = frozenset({400, 413})
+BATCH_PATH: Final = "/v1/batch"
+# UUIDv5 namespaces: fixed forever, or a re-run would not be deduplicated against the last one.
+MESSAGE_NS: Final = uuid.UUID("6f1c8a52-3d0e-5b7a-9c41-0b2f5e7d9a10")
+ANONYMOUS_NS: Final = uuid.UUID("0d6b3e8f-51a2-5c94-8e07-4a9f2c1b6d33")
+
+
+def message_id(space_id: str, job_name: str, unit: Unit) -> str:
+    return str(uuid.uuid5(MESSAGE_NS, f"{space_id}\n{job_name}\n{unit.key}\n{unit.body}"))
+
+
+def anonymous_id(space_id: str, target: str) -> str:
+    """The same for a plan's ``new:email a@x.io`` as for reconcile's ``email:a@x.io``."""
+    person = target.removeprefix(NEW).replace(" ", ":", 1) if target.startswith(NEW) else target
+    return str(uuid.uuid5(ANONYMOUS_NS, f"{space_id}\n{person}"))
+
+
+def event(space_id: str, job_name: str, unit: Unit) -> bytes:
+    """The unit's body with its ``messageId`` (and ``anonymousId`` where needed) spliced in;
+    the plan's body is a JSON object whose fields before ``"traits"`` are the ids."""
+    body = unit.body
+    head = body[: body.find('"traits":')]
+    extra = f'"messageId":"{message_id(space_id, job_name, unit)}",'
+    if '"userId":' not in head and '"anonymousId":' not in head:
+        extra += f'"anonymousId":"{anonymous_id(space_id, unit.target)}",'
+    return ("{" + extra + body[1:]).encode()
+
+
+def batch_body(events: Sequence[bytes]) -> bytes:
+    """``{"batch": [...]}``: the write key goes in the Authorization header, and no ``sentAt``:
+    a backfill's events carry their own timestamps, which a stale ``sentAt`` would shift."""
+    return b'{"batch":[' + b",".join(events) + b"]}"
+
+
+class SegmentIdentify:
+    """The Segment delivery (see the module docstring)."""
+
+    def __init__(self, job: Job, client: MemoryClient, run: Run) -> None:
+        # A person's chunks (over 298 traits) are separate events: keep one batch in flight a
+        # person so their order holds.
+        one_chunk = len(job_chunks(job)) == 1
+        burst = client.bucket.burst if client.bucket is not None else MAX_EVENTS
+        events = max(1, min(MAX_EVENTS, int(burst)))
+        self.limits = Limits(events, BATCH_BYTES, per_target=not one_chunk)
+        self.client = client
+        self.space = job.connection.space_id
+        self.name = job.name
+        self.batches = 0  # batches sent in this session
+        self.splits = 0  # batches split in two to find the events Segment refuses
+        self.events = 0  # events in the batches sent (each counted once)
+
+    async def start(self) -> None:
+        pass
+
+    async def send(self, batch: Batch) -> list[Result]:
+        self.batches += 1
+        results: list[Result] = []
+        units: list[Unit] = []
+        events: list[bytes] = []
+        for unit in batch.units:
+            encoded = event(self.space, self.name, unit)
+            if len(encoded) > EVENT_BYTES:
+                results.append(_oversize(unit, len(encoded)))
+                continue
+            units.append(unit)
+            events.append(encoded)
+        self.events += len(units)
+        if units:
+            results += await self._send(units, events, 0)
+        return results
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "mode": "identify",
+            "batches": self.batches,
+            "events": self.events,
+            "split_requests": self.splits,
+        }
+
+    async def _send(self, units: list[Unit], events: list[bytes], tries: int) -> list[Result]:
+        body = batch_body(events)
+        if len(body) > BATCH_BYTES and len(units) > 1:  # messageIds pushed it over: halve it
+            return await self._halves(units, events, tries)
+        reply = await self.client.request("POST", BATCH_PATH, content=body, weight=len(units))
+        tries += reply.attempts
+        if reply.ok:
+            return [Result(u.seq, DONE, UPSERTED, reply.status, None, None, tries, None)
+                    for u in units]  # fmt: skip
+        if reply.status in SPLIT_ON and len(units) > 1:
+            self.splits += 1
+            return await self._halves(units, events, tries)
+        return [_failed(u, reply, tries) for u in units]
+
+    async def _halves(self, units: list[Unit], events: list[bytes], tries: int) -> list[Result]:
+        half = len(units) // 2
+        return [
+            *await self._send(units[:half], events[:half], tries),
+            *await self._send(units[half:], events[half:], tries),
+        ]
+
+
+def _failed(unit: Unit, reply: Reply, tries: int) -> Result:
+    message = reply.message
+    if reply.status in SPLIT_ON:
+        message = f"Segment refused this event: {message}"
+    elif reply.status is not None:
+        message = f"the batch request failed (HTTP {reply.status}): {message}"
+    return Result(unit.seq, FAILED, FAILED_OUTCOME, reply.status, reply.code, message, tries, None)
+
+
+def _oversize(unit: Unit, size: int) -> Result:
+    message = (f"the identify event is {size:,} bytes; Segment refuses events over "
+               f"{EVENT_BYTES:,} (32 KB): shorten or drop traits")  # fmt: skip
+    return Result(unit.seq, FAILED, FAILED_OUTCOME, None, None, message, 0, None)
