@@ -22,14 +22,14 @@ from collections.abc import Sequence
 from typing import Any, Final
 from urllib.parse import quote
 
-from backfill.checkpoint import DONE, FAILED, Result, Unit
+from backfill.checkpoint import Result, Unit
 from backfill.config import Job
 from backfill.deliver.interface import Batch, Limits, Run
 from backfill.plan.units import job_chunks
+from backfill.targets.bisect import Bisector
 from backfill.transport.client import MemoryClient, Reply
 
 UPSERTED: Final = "upserted"
-FAILED_OUTCOME: Final = "failed"
 MAX_PROFILES: Final = 1_000  # Memory API: profiles of one bulk request, 1..1000
 # Bodies of one request, at most (the JSON envelope adds 15 bytes and a comma a profile). No
 # limit is published. Measured (BENCHMARKS.md, "Delivery modes"): 1,000 profiles of seven traits
@@ -37,7 +37,6 @@ MAX_PROFILES: Final = 1_000  # Memory API: profiles of one bulk request, 1..1000
 # over ~4 KiB each (wide jobs, long strings), keeps a request well under the 10 MiB that API
 # gateways commonly cap bodies at, and a 413 from a stricter server splits the batch anyway.
 MAX_BODY_BYTES: Final = 4 * 1024 * 1024
-SPLIT_ON: Final = frozenset({400, 413})  # answers that refuse the batch as a whole
 
 
 def bulk_path(store_id: str) -> str:
@@ -60,39 +59,18 @@ class MemoryBulk:
         self.client = client
         self.path = bulk_path(job.connection.store_id)
         self.batches = 0  # batches sent in this session
-        self.splits = 0  # batches split in two to find the profiles the store refuses
+        self.bisector = Bisector(self._post, UPSERTED, "the store refused this profile",
+                                 "the bulk request")  # fmt: skip
 
     async def start(self) -> None:
         pass
 
     async def send(self, batch: Batch) -> list[Result]:
         self.batches += 1
-        return await self._send(batch.units, 0)
+        return await self.bisector.send(batch.units)
 
     def summary(self) -> dict[str, Any]:
-        return {"mode": "bulk", "batches": self.batches, "split_requests": self.splits}
+        return {"mode": "bulk", "batches": self.batches, "split_requests": self.bisector.splits}
 
-    async def _send(self, units: Sequence[Unit], tries_before: int) -> list[Result]:
-        reply = await self.client.request("PUT", self.path, content=bulk_body(units))
-        tries = tries_before + reply.attempts
-        if reply.ok:
-            return [
-                Result(u.seq, DONE, UPSERTED, reply.status, None, None, tries, None) for u in units
-            ]
-        if reply.status in SPLIT_ON and len(units) > 1:
-            self.splits += 1
-            half = len(units) // 2
-            return [
-                *await self._send(units[:half], tries),
-                *await self._send(units[half:], tries),
-            ]
-        return [_failed(u, reply, tries) for u in units]
-
-
-def _failed(unit: Unit, reply: Reply, tries: int) -> Result:
-    message = reply.message
-    if reply.status in SPLIT_ON:
-        message = f"the store refused this profile: {message}"
-    elif reply.status is not None:
-        message = f"the bulk request failed (HTTP {reply.status}): {message}"
-    return Result(unit.seq, FAILED, FAILED_OUTCOME, reply.status, reply.code, message, tries, None)
+    async def _post(self, units: Sequence[Unit]) -> Reply:
+        return await self.client.request("PUT", self.path, content=bulk_body(units))

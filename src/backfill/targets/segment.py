@@ -33,19 +33,18 @@ import uuid
 from collections.abc import Sequence
 from typing import Any, Final
 
-from backfill.checkpoint import DONE, FAILED, Result, Unit
+from backfill.checkpoint import FAILED, Result, Unit
 from backfill.config import Job
 from backfill.deliver.interface import Batch, Limits, Run
 from backfill.plan.resolve import NEW
 from backfill.plan.units import job_chunks
+from backfill.targets.bisect import FAILED_OUTCOME, Bisector
 from backfill.transport.client import MemoryClient, Reply
 
 UPSERTED: Final = "upserted"
-FAILED_OUTCOME: Final = "failed"
 MAX_EVENTS: Final = 2_500  # events one batch may hold; Segment drops the ones beyond, with a 200
 EVENT_BYTES: Final = 32 * 1024  # one event's JSON, at most: 400 for the whole batch above it
 BATCH_BYTES: Final = 475_000  # the official client's aim, under the documented 500 KB a request
-SPLIT_ON: Final = frozenset({400, 413})
 BATCH_PATH: Final = "/v1/batch"
 # UUIDv5 namespaces: fixed forever, or a re-run would not be deduplicated against the last one.
 MESSAGE_NS: Final = uuid.UUID("6f1c8a52-3d0e-5b7a-9c41-0b2f5e7d9a10")
@@ -103,8 +102,10 @@ class SegmentIdentify:
         self.space = job.connection.space_id
         self.name = job.name
         self.batches = 0  # batches sent in this session
-        self.splits = 0  # batches split in two to find the events Segment refuses
         self.events = 0  # events in the batches sent (each counted once)
+        self._encoded: dict[int, bytes] = {}  # the events of the batches in flight, by unit
+        self.bisector = Bisector(self._post, UPSERTED, "Segment refused this event",
+                                 "the batch request", fits=self._fits)  # fmt: skip
 
     async def start(self) -> None:
         pass
@@ -113,7 +114,6 @@ class SegmentIdentify:
         self.batches += 1
         results: list[Result] = []
         units: list[Unit] = []
-        events: list[bytes] = []
         for unit in batch.units:
             encoded = event(self.space, self.name, unit)
             size = event_size(encoded)
@@ -121,10 +121,14 @@ class SegmentIdentify:
                 results.append(_oversize(unit, size))
                 continue
             units.append(unit)
-            events.append(encoded)
+            self._encoded[unit.seq] = encoded
         self.events += len(units)
-        if units:
-            results += await self._send(units, events, 0)
+        try:
+            if units:
+                results += await self.bisector.send(units)
+        finally:
+            for unit in units:
+                self._encoded.pop(unit.seq, None)
         return results
 
     def summary(self) -> dict[str, Any]:
@@ -132,38 +136,19 @@ class SegmentIdentify:
             "mode": "identify",
             "batches": self.batches,
             "events": self.events,
-            "split_requests": self.splits,
+            "split_requests": self.bisector.splits,
         }
 
-    async def _send(self, units: list[Unit], events: list[bytes], tries: int) -> list[Result]:
-        body = batch_body(events)
-        if len(body) > BATCH_BYTES and len(units) > 1:  # messageIds pushed it over: halve it
-            return await self._halves(units, events, tries)
-        reply = await self.client.request("POST", BATCH_PATH, content=body, weight=len(units))
-        tries += reply.attempts
-        if reply.ok:
-            return [Result(u.seq, DONE, UPSERTED, reply.status, None, None, tries, None)
-                    for u in units]  # fmt: skip
-        if reply.status in SPLIT_ON and len(units) > 1:
-            self.splits += 1
-            return await self._halves(units, events, tries)
-        return [_failed(u, reply, tries) for u in units]
+    def _body(self, units: Sequence[Unit]) -> bytes:
+        return batch_body([self._encoded[u.seq] for u in units])
 
-    async def _halves(self, units: list[Unit], events: list[bytes], tries: int) -> list[Result]:
-        half = len(units) // 2
-        return [
-            *await self._send(units[:half], events[:half], tries),
-            *await self._send(units[half:], events[half:], tries),
-        ]
+    def _fits(self, units: Sequence[Unit]) -> bool:
+        """Whether the batch is within BATCH_BYTES once the messageIds are in."""
+        return len(self._body(units)) <= BATCH_BYTES
 
-
-def _failed(unit: Unit, reply: Reply, tries: int) -> Result:
-    message = reply.message
-    if reply.status in SPLIT_ON:
-        message = f"Segment refused this event: {message}"
-    elif reply.status is not None:
-        message = f"the batch request failed (HTTP {reply.status}): {message}"
-    return Result(unit.seq, FAILED, FAILED_OUTCOME, reply.status, reply.code, message, tries, None)
+    async def _post(self, units: Sequence[Unit]) -> Reply:
+        return await self.client.request("POST", BATCH_PATH, content=self._body(units),
+                                         weight=len(units))  # fmt: skip
 
 
 def _oversize(unit: Unit, size: int) -> Result:
