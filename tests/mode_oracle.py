@@ -24,7 +24,7 @@ import csv
 import json
 import random
 import re
-from collections.abc import Iterable
+from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -371,31 +371,14 @@ def oracle(path: Path, held: dict[str, str] | None = None) -> dict[str, Person]:
     with only that phone theirs."""
     with path.open(newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
-    parent = list(range(len(rows)))
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    first_by_key: dict[str, int] = {}
-    usable = []
-    for i, row in enumerate(rows):
+    row_keys = []
+    for row in rows:
         keys = [f"e:{e}" for e in [_norm_email(row["email"])] if e]
         keys += [f"p:{p}" for p in [_norm_phone(row["phone"])] if p]
         keys += [f"e:{(held or {})[k[2:]]}" for k in keys if k[2:] in (held or {})]
-        if not keys:
-            continue  # no usable identifier: reported, never written
-        usable.append(i)
-        for key in keys:
-            j = first_by_key.setdefault(key, i)
-            parent[find(i)] = find(j)
-    groups: dict[int, list[int]] = {}
-    for i in usable:
-        groups.setdefault(find(i), []).append(i)
+        row_keys.append(keys)  # none: no usable identifier, reported, never written
     people: dict[str, Person] = {}
-    for members in groups.values():
+    for members in components(row_keys):
         phones = sorted({p for i in members if (p := _norm_phone(rows[i]["phone"]))})
         emails = {_norm_email(rows[i]["email"]) for i in members} - {""}
         emails |= {(held or {})[p] for p in phones if p in (held or {})}
@@ -415,6 +398,31 @@ def oracle(path: Path, held: dict[str, str] | None = None) -> dict[str, Person]:
                 winners[f"{group}.{trait}"] = latest + 1
         people[email] = Person(email, tuple(phones), traits, winners, _refused(traits))
     return people
+
+
+def components(row_keys: Sequence[Iterable[Hashable]]) -> list[list[int]]:
+    """The rows (indices) that share a key, directly or through other rows, one list per
+    person, in the order of their first row; rows without a key belong to nobody."""
+    parent = list(range(len(row_keys)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    first: dict[Hashable, int] = {}
+    usable = []
+    for i, keys in enumerate(row_keys):
+        mine = list(keys)
+        if mine:
+            usable.append(i)
+        for key in mine:
+            parent[find(i)] = find(first.setdefault(key, i))
+    groups: dict[int, list[int]] = {}
+    for i in usable:
+        groups.setdefault(find(i), []).append(i)
+    return list(groups.values())
 
 
 def _order(cell: str) -> tuple[bool, datetime | None]:
