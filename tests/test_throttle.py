@@ -169,6 +169,30 @@ async def test_rate_change_takes_effect_for_the_next_token() -> None:
 
 
 @pytest.mark.anyio
+async def test_a_heavy_request_still_goes_when_the_burst_shrinks_while_it_waits() -> None:
+    """A Segment batch weighing 40 waits for a full 40-token bucket; the throttle then paces
+    (burst 1.5): it goes once the smaller bucket is full, in debt, instead of waiting forever
+    for 40 tokens a 1.5 bucket can never hold (a run hung this way)."""
+    clock = FakeClock(manual=True)
+    bucket = TokenBucket(100, 40, clock)
+    await bucket.acquire(40)
+    granted: list[float] = []
+
+    async def heavy() -> None:
+        await bucket.acquire(40)
+        granted.append(clock.now())
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(heavy)
+        await settle()  # asleep until the 40 tokens are back, at t=0.4
+        bucket.burst = 1.5
+        for _ in range(10):
+            await clock.advance(0.01)
+        tg.cancel_scope.cancel()
+    assert granted == [pytest.approx(0.02)]  # 1.5 tokens at 100/s: the first wake after 15 ms
+
+
+@pytest.mark.anyio
 async def test_hold_delays_every_waiter_and_only_extends() -> None:
     """hold(until): no token before `until`, then one at a time; holds only ever extend."""
     clock = FakeClock()

@@ -102,6 +102,8 @@ class TokenBucket:
         self._refill(self._clock.now())
         self._burst = float(value)
         self._tokens = min(self._tokens, self._burst)
+        if self._wake is not None:  # the head waiter may have slept for a heavier need
+            self._wake.cancel()
 
     @property
     def rate(self) -> float:
@@ -147,7 +149,6 @@ class TokenBucket:
         A request heavier than the burst goes when the bucket is full and leaves it in debt, which
         later requests wait out: the rate holds over time whatever the weights.
         """
-        need = min(weight, float(self._burst))
         async with self._lock:
             if self._drop_burst:
                 self._drop_burst = False
@@ -156,6 +157,9 @@ class TokenBucket:
             while True:
                 now = self._clock.now()
                 self._refill(now)
+                # Read each time: the burst may shrink while we wait (pacing after a 429), and
+                # a heavy request that needed the old one would never find it again.
+                need = min(weight, self._burst)
                 if now < self._held_until:
                     wait = self._held_until - now
                 elif self._tokens >= need - _SLACK:
