@@ -32,7 +32,13 @@ planned once (``pipeline.build_plan``, not timed) and each planned identify even
      (``seconds`` in summary.json).
 
    Every run must leave exactly N events applied and 0 duplicates in the emulator's stats. Target:
-   backfill's profiles/s >= 3x the official client's.
+   backfill's profiles/s >= 3x the official client's. Beside them, the emulator's **ceiling**:
+   the same events pre-encoded and POSTed by a minimal aiohttp client (batches of 100 one at a
+   time, as the official client sends; of up to 2,500 events / 475,000 B, 8 at a time, as
+   backfill does), each on a fresh emulator: no client can beat the official one by more than
+   the best ceiling over it. ``--latency-ms L`` starts every emulator with ``--latency-ms L``
+   (L x uniform(0.5, 1.5) added to each request): the round trip a real network adds, which
+   loopback does not.
 
 2. **limited** (``--limited-people``, 30,000: ~30 s): the emulator at ``--tracking-rate 1000``
    with ``--tracking-limiter fixed`` (its default) and then ``token`` (its default burst, rate/10),
@@ -44,11 +50,14 @@ planned once (``pipeline.build_plan``, not timed) and each planned identify even
    events/s accepted with under 1 % 429s.
 
 This script polls ``/__emulator__/stats`` every ``POLL_S`` (50 ms) from a thread during every run,
-both clients alike, for the emulator's view; a poll costs the emulator well under a millisecond::
+both clients alike, for the emulator's view; a poll costs the emulator well under a millisecond.
+A run that stalls is killed (``timeout``: 600 s unlimited, 60 s + 3x its ideal time limited) and
+reported with the events the emulator applied and when it last applied one::
 
-    python bench/segment_delivery.py                      # both scenarios, --repeat 2 (~4 min)
+    python bench/segment_delivery.py                      # both scenarios, --repeat 2 (~2-7 min)
     python bench/segment_delivery.py --scenarios compare --people 50000 --repeat 3
     python bench/segment_delivery.py --scenarios limited --limiters fixed
+    python bench/segment_delivery.py --scenarios compare --latency-ms 20   # a network's RTT
 
 Targets are reported, not enforced. Exits 1 if a run's counts are wrong (a client failed, or the
 emulator did not apply exactly N events with no duplicate), 2 if the benchmark could not run.
@@ -348,9 +357,9 @@ def run_client(
 ) -> Run:  # fmt: skip
     """One client on a fresh emulator (limited: ``--tracking-rate 1000`` of ``limiter``)."""
     name = f"{scenario}-{client}-{limiter or 'open'}-{rep}"
-    extra = []
+    extra = ["--latency-ms", f"{args.latency_ms:g}"] if args.latency_ms else []
     if limiter is not None:
-        extra = ["--tracking-rate", f"{TRACKING_RATE:g}", "--tracking-limiter", limiter]
+        extra += ["--tracking-rate", f"{TRACKING_RATE:g}", "--tracking-limiter", limiter]
     with emulator(work / "seed.json", args.server_cpu, work / f"{name}.log", extra) as (proc, url):
         if client == "official":
             out = None
@@ -498,7 +507,8 @@ def ceiling_run(
 ) -> Ceiling:  # fmt: skip
     batches = encode_batches(data.calls, events)
     name = f"ceiling-{events}-{concurrency}"
-    with emulator(work / "seed.json", args.server_cpu, work / f"{name}.log") as (proc, url):
+    extra = ["--latency-ms", f"{args.latency_ms:g}"] if args.latency_ms else []
+    with emulator(work / "seed.json", args.server_cpu, work / f"{name}.log", extra) as (proc, url):
         stats(http, url, reset=True)
         cpu0, t0 = process_cpu(proc.pid), time.perf_counter()
         statuses = asyncio.run(_post_all(url, batches, concurrency))
@@ -685,7 +695,8 @@ def bench(args: argparse.Namespace, work: Path) -> int:
 
     print(f"segment delivery: {started:%Y-%m-%d %H:%M} UTC; {machine()}; "
           f"segment-analytics-python {VERSION}; scenarios {','.join(args.scenarios)}, "
-          f"{args.repeat} repeat(s); emulator on core {args.server_cpu}, clients on core "
+          f"{args.repeat} repeat(s); emulator --latency-ms {args.latency_ms:g}; emulator on "
+          f"core {args.server_cpu}, clients on core "
           f"{args.client_cpu}", flush=True)  # fmt: skip
     done: list[Run] = []
     with httpx.Client(timeout=30.0) as http:
@@ -710,6 +721,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--limiters", default="fixed,token",
         help=f"tracking limiters, limited; any of {', '.join(LIMITERS)} (fixed,token)")  # fmt: skip
     add("--repeat", type=int, default=2, help="repetitions (2)")
+    add("--latency-ms", type=float, default=0.0,
+        help="the emulator's --latency-ms, every run: a network's round trip (0)")  # fmt: skip
     add_cores(parser, "the clients and this script")
     add("--worker", action="store_true", help=argparse.SUPPRESS)  # internal: the official client
     add("--url", help=argparse.SUPPRESS)
@@ -721,8 +734,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.limiters = [s.strip() for s in str(args.limiters).split(",") if s.strip()]
     if not args.limiters or any(s not in LIMITERS for s in args.limiters):
         parser.error(f"--limiters takes a comma-separated subset of {', '.join(LIMITERS)}")
-    if min(args.people, args.limited_people, args.repeat) < 1:
-        parser.error("--people, --limited-people and --repeat must be positive")
+    if min(args.people, args.limited_people, args.repeat) < 1 or args.latency_ms < 0:
+        parser.error("--people, --limited-people and --repeat must be positive, --latency-ms not "
+                     "negative")  # fmt: skip
     check_cores(parser, args)
     return args
 
