@@ -492,3 +492,36 @@ def test_missing_credentials_fail_before_anything_is_sent(
     job.write_text(text)
     assert main(["run", str(job), "--quiet"]) != 0
     assert "SEGMENT_ACCESS_TOKEN is not set" in capsys.readouterr().err
+
+
+def test_an_incremental_rerun_sends_only_what_changed(tmp_path: Path) -> None:
+    """Nightly runs into a space: the second run of an unchanged extract sends nothing; a
+    changed cell sends that one person again (a new event, so a new messageId)."""
+    extract = tmp_path / "extract.csv"
+    write_extract(extract, people=30, seed=8)
+    people, _ = oracle(extract)
+    with EmulatorServer(EmulatorConfig()) as emu:
+        job = write_job(tmp_path, emu.url, extract, 'verify = "none"')
+        state = tmp_path / "landed.sqlite"
+        job.write_text(job.read_text() + f'[incremental]\nstate = "{state}"\n')
+        first = run_job(job, quiet=True)
+        assert first.summary["units"]["upserted"] == len(people)
+        again = run_job(job, restart=True, quiet=True)
+        assert again.summary["units"]["skipped_unchanged"] == len(people)
+        assert again.summary["requests"]["sent"] == 0
+        with extract.open(newline="", encoding="utf-8") as f:
+            rows = list(csv.reader(f))
+        target = next(r for r in rows[1:] if r[0].startswith("c-") and r[3].strip())
+        target[3] = "Renamed"
+        target[-1] = "2039-01-01T00:00:00Z"  # the latest row: its name wins
+        with extract.open("w", newline="", encoding="utf-8") as f:
+            csv.writer(f).writerows(rows)
+        third = run_job(job, restart=True, quiet=True)
+        assert third.summary["units"]["upserted"] == 1
+        assert (
+            emu.emulator.segment.profile("user_id", target[0].strip())["traits"][  # type: ignore[index]
+                "firstName"
+            ]
+            == "Renamed"
+        )
+        assert segment_stats(emu.url)["tracking"]["duplicates"] == 0
