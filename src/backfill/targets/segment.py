@@ -14,9 +14,9 @@ each event gets:
   of the space and the person's key (``email a@x.io``), the same on every run, so a person
   gains one such identifier, not one a run.
 
-Batches hold at most ``MAX_EVENTS`` events (fewer: the bucket's burst, so a batch never waits
-seconds for its tokens) and ``BATCH_BYTES`` of JSON (the official client's aim, under the
-documented 500 KB). Each request weighs its events in the throttle: Segment counts events, not
+Batches hold at most ``MAX_EVENTS`` events (fewer: half the bucket's burst, so a batch never
+waits seconds for its tokens, nor needs a server bucket exactly full) and ``BATCH_BYTES`` of
+JSON (the official client's aim, under the documented 500 KB). Each request weighs its events in the throttle: Segment counts events, not
 requests. An event over ``EVENT_BYTES`` is never sent (Segment refuses the whole batch holding
 it): it is reported with its rows. A 400 refuses the whole batch: it is bisected until the
 events Segment refuses are alone, each reported, while every other lands.
@@ -46,6 +46,7 @@ MAX_EVENTS: Final = 2_500  # events one batch may hold; Segment drops the ones b
 EVENT_BYTES: Final = 32 * 1024  # one event's JSON, at most: 400 for the whole batch above it
 BATCH_BYTES: Final = 475_000  # the official client's aim, under the documented 500 KB a request
 BATCH_PATH: Final = "/v1/batch"
+ADDED_BYTES: Final = 104  # '"messageId":"<uuid>",' and '"anonymousId":"<uuid>",', and a comma
 # UUIDv5 namespaces: fixed forever, or a re-run would not be deduplicated against the last one.
 MESSAGE_NS: Final = uuid.UUID("6f1c8a52-3d0e-5b7a-9c41-0b2f5e7d9a10")
 ANONYMOUS_NS: Final = uuid.UUID("0d6b3e8f-51a2-5c94-8e07-4a9f2c1b6d33")
@@ -95,9 +96,14 @@ class SegmentIdentify:
         # A person's chunks (over 298 traits) are separate events: keep one batch in flight a
         # person so their order holds.
         one_chunk = len(job_chunks(job)) == 1
-        burst = client.bucket.burst if client.bucket is not None else MAX_EVENTS
-        events = max(1, min(MAX_EVENTS, int(burst)))
-        self.limits = Limits(events, BATCH_BYTES, per_target=not one_chunk)
+        burst = client.bucket.burst if client.bucket is not None else 2 * MAX_EVENTS
+        # Half the bucket's burst: a server bucket as deep as ours (rate/10, the common
+        # default) then keeps room for a batch that comes a little early, where a batch of
+        # the whole depth needs it exactly full (BENCHMARKS.md, "Delivery: Segment target").
+        events = max(1, min(MAX_EVENTS, int(burst) // 2))
+        # The plan's bodies, less what each event gains here (messageId, anonymousId), so a
+        # full batch is within BATCH_BYTES without a split.
+        self.limits = Limits(events, BATCH_BYTES - events * ADDED_BYTES, per_target=not one_chunk)
         self.client = client
         self.space = job.connection.space_id
         self.name = job.name
