@@ -455,6 +455,8 @@ def test_reconcile_finds_planted_edits_and_fix_repairs_them(tmp_path: Path) -> N
         kinds = dict(zip(differences["trait"], differences["kind"], strict=True))
         assert kinds["firstName"] in ("differs", "missing_in_memory")
         assert all(differences["row"].is_not_null())  # each names the row behind the value
+        # When Segment wrote what it holds (verbose traits): after the run, so changed since.
+        assert differences.filter(pl.col("kind") == "differs")["updated_at"].is_not_null().all()
         fixed = reconcile(job, fix=True, quiet=True)
         assert fixed.summary["fix"]["exit_code"] == 0
         again = reconcile(job, quiet=True)

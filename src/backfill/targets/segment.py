@@ -16,10 +16,11 @@ each event gets:
 
 Batches hold at most ``MAX_EVENTS`` events (fewer: half the bucket's burst, so a batch never
 waits seconds for its tokens, nor needs a server bucket exactly full) and ``BATCH_BYTES`` of
-JSON (the official client's aim, under the documented 500 KB). Each request weighs its events in the throttle: Segment counts events, not
-requests. An event over ``EVENT_BYTES`` is never sent (Segment refuses the whole batch holding
-it): it is reported with its rows. A 400 refuses the whole batch: it is bisected until the
-events Segment refuses are alone, each reported, while every other lands.
+JSON (the official client's aim, under the documented 500 KB). Each request weighs its events
+in the throttle: Segment counts events, not requests. An event over ``EVENT_BYTES`` is never
+sent (Segment refuses the whole batch holding it): it is reported with its rows. A 400 refuses
+the whole batch: it is bisected until the events Segment refuses are alone, each reported,
+while every other lands.
 
 A 200 proves only that the batch was received: Segment processes events asynchronously and
 discards some without saying (segment-api.md, 1). The outcome is ``upserted``; ``run`` reads

@@ -49,7 +49,10 @@ NOT_FOUND: Final = "profile_not_found"
 FETCH_FAILED: Final = "fetch_failed"
 FOUND: Final = "found"
 
-TRAIT_COLUMNS: Final = ("profile_id", "group", "trait", "expected", "actual", "file", "row", "kind")
+# ``updated_at``: when the store's value was written, where the store says (Segment's verbose
+# traits; empty for Memory): a value written after the run was changed since by someone else.
+TRAIT_COLUMNS: Final = ("profile_id", "group", "trait", "expected", "actual", "file", "row", "kind",
+                        "updated_at")  # fmt: skip
 PROFILE_COLUMNS: Final = ("profile_id", "canonical_profile_id", "outcome", "differing",
                           "missing_in_memory", "detail")  # fmt: skip
 MAX_TRAIT_GROUPS_PARAM: Final = 256  # Memory API: traitGroups is 1-256 characters
@@ -248,6 +251,7 @@ class _Fetched:
     traits: dict[str, Any]
     canonical: str | None  # the profile it was merged into, when the GET answered 301
     detail: str = ""
+    updated: dict[str, str] = field(default_factory=dict)  # trait -> when the store wrote it
 
 
 async def _fetch(
@@ -274,12 +278,13 @@ async def _fetch(
 async def _fetch_segment(client: MemoryClient, job: Job, person: str) -> _Fetched:
     """GET the traits of ``person`` (``type:value``) from the Profile API, every page, as one
     group named ``""`` (Segment's traits are flat: ``verify.segment``)."""
-    params: dict[str, str] = {"limit": str(TRAITS_PAGE)}
+    params: dict[str, str] = {"limit": str(TRAITS_PAGE), "verbose": "true"}
     wanted = include(job)
     if wanted is not None:
         params["include"] = wanted
     path = traits_path(job.connection.space_id, person)
     traits: dict[str, Any] = {}
+    updated: dict[str, str] = {}
     for _ in range(MAX_PAGES):
         reply = await client.request("GET", path, params=params)
         if reply.status == 404:
@@ -288,11 +293,16 @@ async def _fetch_segment(client: MemoryClient, job: Job, person: str) -> _Fetche
         page = body.get("traits") if isinstance(body, dict) else None
         if not reply.ok or not isinstance(page, dict):
             return _Fetched(FETCH_FAILED, {}, None, _failure(reply))
-        traits.update(page)
+        for name, verbose in page.items():  # verbose: {value, source_id, updated_at}
+            if isinstance(verbose, dict) and "value" in verbose:
+                traits[name] = verbose["value"]
+                updated[name] = str(verbose.get("updated_at") or "")
+            else:  # a service that ignored verbose=true: the value itself
+                traits[name] = verbose
         cursor = body.get("cursor") if isinstance(body, dict) else None
         after = cursor.get("next") if isinstance(cursor, dict) else None
         if not (isinstance(cursor, dict) and cursor.get("has_more") is True and after):
-            return _Fetched(FOUND, {"": traits}, None)
+            return _Fetched(FOUND, {"": traits}, None, updated=updated)
         params["next"] = str(after)
     return _Fetched(FETCH_FAILED, {}, None, f"the traits did not end after {MAX_PAGES} pages")
 
@@ -388,7 +398,7 @@ class _Pass:
                     source = self.names.get(row[t.file], "")
                     lines.append(
                         [profile_id, t.group, t.trait, _text(expected), _text(actual), source,
-                         row[t.row], kind, t.j]
+                         row[t.row], kind, fetched.updated.get(t.trait, ""), t.j]
                     )  # fmt: skip
             outcome = DIFFERS if lines else MATCHES
         else:
