@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from backfill import __version__
 from backfill.errors import AuthError, BackfillError, ConfigError, RunLocked, reported
@@ -82,7 +85,13 @@ def _job_command(
     command.add_argument("job", type=Path, help="the job file (TOML)")
     if quiet:
         command.add_argument("--quiet", action="store_true", help="no progress bars or log lines")
+    _json_switch(command)
     return command
+
+
+def _json_switch(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--json", action="store_true", help="print one JSON document with the "
+                         "result on stdout and nothing else (README: --json)")  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -243,6 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     emu.add_argument("--segment-lag-ms", type=float, default=0.0,
                      help="tracked events become visible to Profile API reads only after "
                      "this delay")  # fmt: skip
+    _json_switch(emu)
     emu.add_argument("--random-seed", type=int, help="seed for every random decision")
     emu.add_argument("--state", type=Path, help="SQLite file that keeps state across restarts")
     emu.add_argument(
@@ -290,56 +300,106 @@ def _run_emulator(args: argparse.Namespace) -> int:
         segment_lag_ms=args.segment_lag_ms,
         **kwargs,
     )
-    serve(config, on_ready=lambda url: print(f"listening on {url}", flush=True))
+
+    def ready(url: str) -> None:
+        if args.json:
+            _emit(args, {"url": url}, EXIT_OK)
+        else:
+            print(f"listening on {url}", flush=True)
+
+    serve(config, on_ready=ready)
     return EXIT_OK
+
+
+# The --json document's shape: bump on any change a reader could trip on (README: --json).
+JSON_VERSION = 1
+
+
+def _emit(args: argparse.Namespace, result: Any, exit_code: int, error: str | None = None) -> None:
+    """The one JSON document ``--json`` prints on stdout: the command's result, or its error."""
+    document: dict[str, Any] = {
+        "backfill_json": JSON_VERSION,
+        "command": args.command,
+        "exit_code": exit_code,
+        "result": result,
+    }
+    if error is not None:
+        document["error"] = error
+    print(json.dumps(document, default=str), flush=True)  # one line: no framing to parse
+
+
+def _show(args: argparse.Namespace, result: Any, text: str, exit_code: int) -> int:
+    """Print the text a person reads, or with ``--json`` the result as a document."""
+    if getattr(args, "json", False):
+        _emit(args, result, exit_code)
+    else:
+        print(text.rstrip("\n"))
+    return exit_code
 
 
 def _run_plan(args: argparse.Namespace) -> int:
     from backfill.pipeline import plan
     from backfill.report import format_plan
 
-    result = plan(args.job, offline=args.offline, quiet=args.quiet)
-    print(format_plan(result))
-    return EXIT_OK
+    result = plan(args.job, offline=args.offline, quiet=args.quiet or args.json)
+    document = {
+        "job": str(result.job.path),
+        "plan_id": result.plan_id,
+        "sources": result.sources,
+        **asdict(result.summary),
+        "files": {"plan": str(result.plan_path), "rejects": str(result.rejects_path)},
+    }
+    return _show(args, document, format_plan(result), EXIT_OK)
 
 
 def _run_run(args: argparse.Namespace) -> int:
     from backfill.pipeline import run
 
-    result = run(args.job, restart=args.restart, full=args.full, quiet=args.quiet)
-    print(result.line if args.quiet else result.text.rstrip("\n"))
-    return result.exit_code
+    quiet = args.quiet or args.json
+    result = run(args.job, restart=args.restart, full=args.full, quiet=quiet)
+    return _show(args, result.summary, result.line if args.quiet else result.text,
+                 result.exit_code)  # fmt: skip
 
 
 def _run_retry(args: argparse.Namespace) -> int:
     from backfill.pipeline import retry
 
-    result = retry(args.job, not_found=args.not_found, quiet=args.quiet)
-    print(result.line if args.quiet else result.text.rstrip("\n"))
-    return result.exit_code
+    result = retry(args.job, not_found=args.not_found, quiet=args.quiet or args.json)
+    return _show(args, result.summary, result.line if args.quiet else result.text,
+                 result.exit_code)  # fmt: skip
 
 
 def _run_schema(args: argparse.Namespace) -> int:
     from backfill.targets.memory_schema import schema
 
     result = schema(args.job, apply=args.apply, prune=args.prune)
-    print(result.text, end="" if result.text.endswith("\n") else "\n")
-    return result.exit_code
+    document = {
+        "job": str(result.job.path),
+        "ready": result.exit_code == EXIT_OK,
+        "diff": asdict(result.diff),
+        "applied": None if result.applied is None else {
+            "changes": [asdict(c) for c in result.applied.changes],
+            "races": result.applied.races,
+            "after": asdict(result.applied.after),
+        },
+    }  # fmt: skip
+    return _show(args, document, result.text, result.exit_code)
 
 
 def _run_reconcile(args: argparse.Namespace) -> int:
     from backfill.reconcile import reconcile
 
-    result = reconcile(args.job, fix=args.fix, settle=args.settle, quiet=args.quiet)
-    print(result.line if args.quiet else result.text.rstrip("\n"))
-    return result.exit_code
+    quiet = args.quiet or args.json
+    result = reconcile(args.job, fix=args.fix, settle=args.settle, quiet=quiet)
+    return _show(args, result.summary, result.line if args.quiet else result.text,
+                 result.exit_code)  # fmt: skip
 
 
 def _run_status(args: argparse.Namespace) -> int:
     from backfill.pipeline import status
 
-    print(status(args.job).text, end="")
-    return EXIT_OK
+    result = status(args.job)
+    return _show(args, result.summary, result.text, EXIT_OK)
 
 
 _COMMANDS = {
@@ -366,16 +426,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         if args.debug:
             raise
-        print("backfill: interrupted; run the same command again to continue", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        message = "interrupted; run the same command again to continue"
+        print(f"backfill: {message}", file=sys.stderr)
+        return _failed_json(args, EXIT_INTERRUPTED, message)
     except BaseExceptionGroup as group:  # concurrent work failing as a group
         if args.debug:
             raise
-        return _report(reported(group), args.command)
+        exc = reported(group)
+        return _failed_json(args, _report(exc, args.command), _error_text(exc))
     except Exception as exc:
         if args.debug:
             raise
-        return _report(exc, args.command)
+        return _failed_json(args, _report(exc, args.command), _error_text(exc))
+
+
+def _failed_json(args: argparse.Namespace, exit_code: int, message: str) -> int:
+    """With ``--json``, a command that failed still prints its one document (no result)."""
+    if getattr(args, "json", False):
+        _emit(args, None, exit_code, message)
+    return exit_code
+
+
+def _error_text(exc: BaseException) -> str:
+    """What ``_report`` said, without the prefix: BackfillErrors never hold secrets (errors.py)."""
+    if isinstance(exc, BackfillError) or (isinstance(exc, OSError) and exc.strerror):
+        return str(exc) if isinstance(exc, BackfillError) else f"{exc.strerror}: {exc.filename}"
+    return f"internal error: {type(exc).__name__}"
 
 
 def _report(exc: BaseException, command: str) -> int:
