@@ -329,6 +329,14 @@ def test_faults_429s_and_lost_responses_end_in_the_same_space(tmp_path: Path) ->
     assert whole["faults"]["lostResponse"] > 0 and whole["faults"]["drop"] > 0
     assert s["requests"]["throttled"] > 0  # the tracking limit answered 429s
     assert s["throttle"]["events"] >= 1
+    # The timeline (for the report's chart): every answer in one second of it, by kind.
+    (timeline,) = s["timeline"]
+    answers = sum(timeline["accepted"]) + sum(timeline["throttled"]) + sum(timeline["errors"])
+    assert answers == s["requests"]["sent"]
+    assert sum(timeline["throttled"]) == s["requests"]["throttled"]
+    assert sum(timeline["retries"]) == s["requests"]["retries"]
+    assert timeline["second"] == sorted(set(timeline["second"]))
+    assert all(0 < rate <= 4000 for rate in timeline["rate"])
 
 
 def test_kill_9_then_resume_lands_exactly_once(

@@ -761,6 +761,8 @@ def _deliver_and_report(
             "achieved": round(whole["accepted"] / whole["seconds"], 3) if whole["seconds"] else 0.0,
         },
         "throttle": throttle,
+        # Per session that sent anything, answers a second (README: summary.json).
+        "timeline": [t for x in sessions if (t := x.get("timeline")) and t["second"]],
         "delivery": said,
         "remaps": db.remaps(),
         "resumed": resumed,
@@ -808,6 +810,7 @@ def _session(stats: ClientStats, seconds: float, units: int, accepted: int) -> d
         "throttled": stats.throttled,
         "transport_errors": stats.transport_errors,
         "by_status": {str(k): v for k, v in stats.by_status.items()},
+        "timeline": stats.timeline.as_dict(),
     }
 
 

@@ -27,6 +27,7 @@ import json as jsonlib
 import os
 import random
 import re
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -161,6 +162,44 @@ class Reply:
         return self.status is not None and 200 <= self.status < 300
 
 
+ACCEPTED, THROTTLED, RETRIED, ERRORS = range(4)  # a Timeline second's counters
+
+
+@dataclass
+class Timeline:
+    """Answers per second of the client's life (from its first send), by kind, with the rate
+    the throttle allowed then: what the report's chart draws. One entry a second that saw an
+    answer: a night's run is some thousands."""
+
+    started: float | None = None  # the clock's time of the first send
+    started_at: float | None = None  # the same moment in Unix time, to place sessions
+    seconds: dict[int, list[float]] = field(default_factory=dict)
+
+    def count(self, now: float, kind: int, rate: float | None) -> None:
+        if self.started is None:
+            self.started, self.started_at = now, time.time()
+        entry = self.seconds.setdefault(int(now - self.started), [0, 0, 0, 0, 0.0])
+        entry[kind] += 1
+        if rate is not None:
+            entry[4] = rate
+
+    def as_dict(self) -> dict[str, Any]:
+        """Columns: ``second`` (from ``started_at``), ``accepted`` (1xx-3xx), ``throttled``
+        (429), ``retries`` (attempts after the first), ``errors`` (no answer, any other 4xx or
+        5xx), ``rate`` (the bucket's, at the second's last answer)."""
+        keys = sorted(self.seconds)
+        rows = [self.seconds[k] for k in keys]
+        return {
+            "started_at": self.started_at,
+            "second": keys,
+            "accepted": [int(r[ACCEPTED]) for r in rows],
+            "throttled": [int(r[THROTTLED]) for r in rows],
+            "retries": [int(r[RETRIED]) for r in rows],
+            "errors": [int(r[ERRORS]) for r in rows],
+            "rate": [round(r[4], 3) for r in rows],
+        }
+
+
 @dataclass
 class ClientStats:
     """Counters for run summaries."""
@@ -170,6 +209,7 @@ class ClientStats:
     throttled: int = 0  # 429s
     transport_errors: int = 0  # attempts that got no HTTP response
     by_status: Counter[int] = field(default_factory=Counter)
+    timeline: Timeline = field(default_factory=Timeline)
 
 
 def _describe(exc: BaseException) -> str:
@@ -510,12 +550,18 @@ class MemoryClient:
             finally:
                 window.release()
             retry_after: str | None = None
+            now, rate = self._clock.now(), bucket.rate if bucket is not None else None
+            if attempt > 1:
+                stats.timeline.count(now, RETRIED, rate)
             if isinstance(answer, str):
                 stats.transport_errors += 1
+                stats.timeline.count(now, ERRORS, rate)
                 reply = Reply(None, None, {}, attempt, None, answer, throttled)
             else:
                 status = answer[0]
                 stats.by_status[status] += 1
+                kind = ACCEPTED if status < 400 else THROTTLED if status == 429 else ERRORS
+                stats.timeline.count(now, kind, rate)
                 retry_after = answer[1].get("retry-after")
                 if status == 429:
                     throttled += 1
