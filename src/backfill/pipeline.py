@@ -93,6 +93,7 @@ from backfill.report import (
     write_private,
     write_rejects,
 )
+from backfill.report_html import write_run_html
 
 if TYPE_CHECKING:
     from backfill.transport.client import ClientStats, MemoryClient
@@ -773,11 +774,13 @@ def _deliver_and_report(
             "errors": str(out / "errors.csv"),
             "summary": str(out / "summary.json"),
             "report": str(out / "report.md"),
+            "html": str(out / "report.html"),
         },
     }
     text = format_run(summary)
     write_private(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     write_private(out / "report.md", text)
+    write_run_html(summary, out / "errors.csv", out / "report.html")
     return RunResult(job, summary, text, exit_code, format_run_line(summary))
 
 
