@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from backfill.pipeline import run as run_job
-from backfill.report_html import EXAMPLES
+from backfill.reconcile import reconcile
+from backfill.report_html import EXAMPLES, reconcile_html
 
 ROOT = Path(__file__).parents[1]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -29,7 +30,29 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> Path:
     job.write_text(text + f'\n[output]\ndir = "{tmp / "out"}"\n')
     result = run_job(job, quiet=True)
     assert result.summary["files"]["html"] == str(tmp / "out" / "report.html")
+    checked = reconcile(job, quiet=True)
+    assert checked.summary["files"]["html"] == str(tmp / "out" / "reconcile" / "report.html")
     return tmp / "out" / "report.html"
+
+
+def test_reconcile_groups_differences_per_trait(tmp_path: Path) -> None:
+    csv = tmp_path / "reconcile.csv"
+    lines = ["profile_id,group,trait,expected,actual,file,row,kind,updated_at"]
+    lines += [
+        f"user_id:c-{i},,tier,gold,{'x' * 80},/data/in.csv,{i + 2},differs," for i in range(7)
+    ]
+    lines += ["user_id:c-9,,points,3,,/data/in.csv,11,missing_in_memory,"]
+    csv.write_text("\n".join(lines) + "\n")
+    summary = {"job": "j.toml", "store": "Segment", "exit_code": 1, "seconds": 1.0,
+               "profiles": {"checked": 8, "differing": 8}, "traits": {"checked": 16},
+               "rows": {"read": 8}, "files": {"differences": str(csv)}}  # fmt: skip
+    page = reconcile_html(summary, csv)
+    rows = re.findall(r"<tr>(.*?)</tr>", page)
+    tier = next(r for r in rows if "<td>tier</td>" in r)
+    assert tier.count("in.csv:") == EXAMPLES and tier.endswith('<td class="n">7</td>')
+    assert "x" * 40 not in page  # a long value is cut
+    assert any("<td>points</td><td>missing_in_memory</td>" in r for r in rows)
+    assert "Segment does not match the plan everywhere." in page
 
 
 def test_the_page_stands_alone(report: Path) -> None:
@@ -55,7 +78,7 @@ def test_customer_values_are_few_and_short(report: Path) -> None:
 @pytest.mark.skipif(CHROMIUM is None or DRIVER is None,
                     reason="Chromium and chromedriver are not installed (.ci/run installs them "
                     "from Debian's chromium and chromium-driver packages)")  # fmt: skip
-def test_a_real_browser_draws_it(report: Path, tmp_path: Path) -> None:
+def test_a_real_browser_draws_them(report: Path, tmp_path: Path) -> None:
     webdriver = pytest.importorskip("selenium.webdriver")
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
@@ -91,5 +114,10 @@ def test_a_real_browser_draws_it(report: Path, tmp_path: Path) -> None:
         assert driver.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
         errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
         assert errors == []
+        driver.get((report.parent / "reconcile" / "report.html").as_uri())
+        assert "Differences per trait" in driver.page_source  # rows unresolved: exit 1
+        assert len(driver.find_elements(By.TAG_NAME, "table")) >= 3
+        assert driver.save_screenshot(str(tmp_path / "reconcile.png"))
+        assert [e for e in driver.get_log("browser") if e["level"] == "SEVERE"] == []
     finally:
         driver.quit()

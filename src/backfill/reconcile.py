@@ -78,6 +78,7 @@ REPORTS: Final = {  # summary["files"] key -> name in <output>/reconcile/
     "profiles": "profiles.csv",
     "summary": "reconcile.json",
     "report": "reconcile.md",
+    "html": "report.html",
 }
 
 
@@ -228,10 +229,13 @@ def _write_findings(checked: Checked, differences: Path, profiles: Path) -> None
 
 
 def _write_reports(summary: dict[str, Any], files: dict[str, Path]) -> str:
-    """reconcile.json and reconcile.md; returns the latter's text."""
+    """reconcile.json, reconcile.md and report.html; returns reconcile.md's text."""
+    from backfill.report_html import reconcile_html
+
     text = format_reconcile(summary)
     write_private(files["summary"], json.dumps(summary, indent=2) + "\n")
     write_private(files["report"], text)
+    write_private(files["html"], reconcile_html(summary, files["differences"]))
     return text
 
 

@@ -200,3 +200,66 @@ def run_html(summary: dict[str, Any], errors_csv: Path) -> str:
 
 def write_run_html(summary: dict[str, Any], errors_csv: Path, path: Path) -> None:
     write_private(path, run_html(summary, errors_csv))
+
+
+def differences(reconcile_csv: Path) -> tuple[list[dict[str, Any]], int]:
+    """reconcile.csv grouped per trait and kind, largest first, a few examples each; and how
+    many groups were left out."""
+    if not reconcile_csv.is_file():
+        return [], 0
+    grouped = (
+        pl.scan_csv(reconcile_csv, infer_schema=False)
+        .group_by("group", "trait", "kind")
+        .agg(
+            pl.len().alias("traits"),
+            pl.struct("profile_id", "expected", "actual", "file", "row")
+            .head(EXAMPLES)
+            .alias("examples"),
+        )
+        .sort(["traits", "group", "trait"], descending=[True, False, False], nulls_last=True)
+        .collect()
+    )
+    return grouped.head(REASONS).to_dicts(), max(0, grouped.height - REASONS)
+
+
+def _difference(line: dict[str, Any]) -> str:
+    expected, actual = _cut(str(line["expected"] or ""), 30), _cut(str(line["actual"] or ""), 30)
+    return f"{Path(str(line['file'] or '')).name}:{line['row']} {expected!r} -> {actual!r}"
+
+
+def reconcile_html(summary: dict[str, Any], reconcile_csv: Path) -> str:
+    """The page for ``reconcile`` from its reconcile.json and reconcile.csv."""
+    store = summary.get("store", "Memory")
+    profiles, traits, rows = summary["profiles"], summary["traits"], summary["rows"]
+    code = summary["exit_code"]
+    verdict = ("ok", f"{store} matches the plan.") if code == 0 else (
+        "bad", f"{store} does not match the plan everywhere.")  # fmt: skip
+    parts = [
+        f"<h1>backfill reconcile: {html.escape(summary['job'])}</h1>",
+        f'<p class="{verdict[0]}"><strong>{verdict[1]}</strong> Exit code {code}, '
+        f"{summary['seconds']:,.1f} s.</p>",
+        "<h2>Profiles</h2>",
+        _table(["", "profiles"], _counts(profiles)),
+        "<h2>Traits</h2>",
+        _table(["", "traits"], _counts(traits)),
+        "<h2>Source rows</h2>",
+        _table(["", "rows"], _counts(rows)),
+        "<h2>Differences per trait</h2>",
+    ]
+    groups, more = differences(reconcile_csv)
+    if not groups:
+        parts.append("<p>No trait differs.</p>")
+    else:
+        table = []
+        for g in groups:
+            name = f"{g['group']}.{g['trait']}" if g["group"] else str(g["trait"])
+            examples = "; ".join(_difference(e) for e in g["examples"])
+            table.append([name, g["kind"], _cut(examples, 240), int(g["traits"])])
+        parts.append(_table(["trait", "kind", "examples (file:row expected -> held)", "profiles"],
+                            table))  # fmt: skip
+        if more:
+            parts.append(f'<p class="muted">{more:,} more: see reconcile.csv.</p>')
+    files = summary.get("files", {})
+    listed = ", ".join(f"<code>{html.escape(str(v))}</code>" for v in files.values())
+    parts.append(f'<h2>Files</h2><p class="muted">{listed}</p>')
+    return _page(f"backfill reconcile: {summary['job']}", "".join(parts), None)
