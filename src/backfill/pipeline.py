@@ -424,6 +424,12 @@ def run(
     body already landed are not sent (``full`` plans afresh and sends them anyway).
     """
     job = load_job(job_path)
+    result = _run(job, restart=restart, full=full, quiet=quiet)
+    ended(job, "run", result.summary, result.exit_code)
+    return result
+
+
+def _run(job: Job, *, restart: bool, full: bool, quiet: bool) -> RunResult:
     files = source_files(job)
     with output_folder(job.output_dir) as out, RunLock(out, "run"), RunDB(out / RUN_FILE) as db:
         if db.meta("plan") is not None and not (restart or full):
@@ -475,6 +481,16 @@ def run(
         return _deliver_and_report(job, db, out, 0, quiet, remember=True, fresh=True)
 
 
+def ended(job: Job, command: str, summary: dict[str, Any], exit_code: int) -> None:
+    """What the systems around a scheduled job hear when a command has finished its work (an
+    interrupted run included): the ``[notify]`` webhook. After the job's lock is released: a
+    slow receiver never holds up the next run. Never raises and never changes ``exit_code``."""
+    if job.notify is not None:
+        from backfill.notify import notify  # httpx: not for a job without [notify]
+
+        notify(job, command, summary, exit_code)
+
+
 def _publish(out: Path, plan_id: str | None) -> None:
     """Move the staged plan whose id the checkpoint holds into the output folder, plan.json
     last: a kill half-way leaves plan.json staged, and the next run finishes the move."""
@@ -495,10 +511,16 @@ def retry(job_path: Path | str, *, not_found: bool = False, quiet: bool = False)
     """``backfill retry``: send again the units of the last run that ended ``failed`` (and,
     with ``not_found``, ``profile_not_found``), e.g. after a schema fix. Nothing is re-planned:
     the checkpoint holds the bodies. Units the last run left unsent are finished too."""
+    job = load_job(job_path)
+    result = _retry(job, not_found=not_found, quiet=quiet)
+    ended(job, "retry", result.summary, result.exit_code)
+    return result
+
+
+def _retry(job: Job, *, not_found: bool, quiet: bool) -> RunResult:
     from backfill.targets.memory_patch import FAILED_OUTCOME, PROFILE_NOT_FOUND
     from backfill.verify.landing import VERIFY_FAILED
 
-    job = load_job(job_path)
     out = job.output_dir
     if not (out / RUN_FILE).is_file():
         raise ConfigError(f"nothing to retry: {job.path} has no run in {out} yet")
