@@ -483,8 +483,13 @@ def _run(job: Job, *, restart: bool, full: bool, quiet: bool) -> RunResult:
 
 def ended(job: Job, command: str, summary: dict[str, Any], exit_code: int) -> None:
     """What the systems around a scheduled job hear when a command has finished its work (an
-    interrupted run included): the ``[notify]`` webhook. After the job's lock is released: a
-    slow receiver never holds up the next run. Never raises and never changes ``exit_code``."""
+    interrupted run included): the ``[metrics]`` textfile, then the ``[notify]`` webhook. After
+    the job's lock is released: a slow receiver never holds up the next run. Neither changes
+    ``exit_code``; each only warns on stderr."""
+    if job.metrics is not None:
+        from backfill.metrics import write_textfile  # prometheus_client: only for [metrics]
+
+        write_textfile(job, command, summary, exit_code)
     if job.notify is not None:
         from backfill.notify import notify  # httpx: not for a job without [notify]
 

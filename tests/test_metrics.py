@@ -1,0 +1,196 @@
+"""`[metrics] textfile`: after real runs against the embedded emulator the file is Prometheus text
+(read back with prometheus_client's own parser) holding the summary's numbers, owner-only,
+replaced atomically, keeping the last success across a failing run and the job's other
+commands' series; a bad `[metrics]` table fails at load naming the key."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from backfill.cli import main
+from backfill.config import load_job
+from backfill.errors import ConfigError
+from backfill.pipeline import retry, run
+from backfill.reconcile import reconcile
+from test_notify import LANDING, NOT_FOUND, in_tmp, write_job
+
+__all__ = ["in_tmp"]  # the autouse fixture: each test in its own folder, with credentials
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def table(textfile: str = "metrics/backfill.prom") -> str:
+    return f'[metrics]\ntextfile = "{textfile}"\n'
+
+
+def read(path: Path) -> Samples:
+    """Every sample of the file, by name and labels, through the official parser."""
+    samples: Samples = {}
+    for family in text_string_to_metric_families(path.read_text(encoding="utf-8")):
+        for s in family.samples:
+            key = (s.name, frozenset(s.labels.items()))
+            assert key not in samples, f"{key} twice"
+            samples[key] = s.value
+    return samples
+
+
+def of(samples: Samples, name: str, **labels: str) -> float:
+    return samples[(name, frozenset(labels.items()))]
+
+
+def names(samples: Samples, command: str) -> set[str]:
+    return {name for name, labels in samples if ("command", command) in labels}
+
+
+def test_a_run_writes_its_summary_owner_only_and_atomically(tmp_path: Path) -> None:
+    """A failing run: rows, units, requests by status, rate, duration and exit code as the
+    summary says; no last success yet; 0600; no temporary file left beside it."""
+    (tmp_path / "metrics").mkdir()
+    job = write_job(tmp_path, [*LANDING, NOT_FOUND], table())
+    result = run(job, quiet=True)
+    assert result.exit_code == 1
+    s: dict[str, Any] = result.summary
+    path = tmp_path / "metrics" / "backfill.prom"
+    got = read(path)
+    me = {"job": "nightly", "command": "run"}
+
+    assert of(got, "backfill_exit_code", **me) == 1
+    assert of(got, "backfill_rows_read", **me) == s["rows"]["read"] == 4
+    for outcome in ("landed", "landed_in_part", "not_landed", "not_sent_yet"):
+        assert of(got, "backfill_rows", **me, outcome=outcome) == s["rows"][outcome]
+    assert of(got, "backfill_rows", **me, outcome="not_landed") == 1
+    assert of(got, "backfill_units", **me, outcome="updated") == s["units"]["updated"] == 3
+    assert of(got, "backfill_units", **me, outcome="profile_not_found") == 1
+    by_status = s["requests"]["by_status"]
+    assert {"202", "404"} <= set(by_status)  # and 200: the schema check's read
+    for status, n in by_status.items():
+        assert of(got, "backfill_requests", **me, status=status) == n
+    assert of(got, "backfill_requests_sent", **me) == s["requests"]["sent"]
+    assert of(got, "backfill_requests_throttled", **me) == s["requests"]["throttled"]
+    assert of(got, "backfill_request_retries", **me) == s["requests"]["retries"]
+    assert of(got, "backfill_rate_configured", **me) == 5000
+    assert of(got, "backfill_rate_achieved", **me) == s["rate"]["achieved"]
+    assert of(got, "backfill_duration_seconds", **me) == s["seconds"]
+    assert "backfill_last_success_timestamp_seconds" not in names(got, "run")
+
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert sorted(p.name for p in path.parent.iterdir()) == ["backfill.prom"]
+
+
+def test_last_success_is_kept_across_a_failing_run_and_the_file_replaced_whole(
+    tmp_path: Path,
+) -> None:
+    """Exit 0 sets the last success; a later failing run keeps that value (read back from the
+    file), sets its own exit code, and replaces the file (a new inode; a stray line goes)."""
+    (tmp_path / "metrics").mkdir()
+    path = tmp_path / "metrics" / "backfill.prom"
+    job = write_job(tmp_path, LANDING, table())
+    assert run(job, quiet=True).exit_code == 0
+    first = read(path)
+    me = {"job": "nightly", "command": "run"}
+    success = of(first, "backfill_last_success_timestamp_seconds", **me)
+    assert success == of(first, "backfill_last_run_timestamp_seconds", **me)
+    assert of(first, "backfill_exit_code", **me) == 0
+
+    with path.open("a", encoding="utf-8") as f:  # someone else's line: not ours to keep
+        f.write("# TYPE stray_metric gauge\nstray_metric 1\n")
+    inode = path.stat().st_ino
+    write_job(tmp_path, [*LANDING, NOT_FOUND], table())
+    assert main(["run", str(job), "--quiet", "--restart"]) == 1
+    second = read(path)
+    assert of(second, "backfill_exit_code", **me) == 1
+    assert of(second, "backfill_last_success_timestamp_seconds", **me) == success
+    assert of(second, "backfill_last_run_timestamp_seconds", **me) >= success
+    assert of(second, "backfill_rows", **me, outcome="not_landed") == 1
+    assert not any(name.startswith("stray") for name, _ in second)
+    assert path.stat().st_ino != inode
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert sorted(p.name for p in path.parent.iterdir()) == ["backfill.prom"]
+
+
+def test_retry_and_reconcile_keep_each_others_series(tmp_path: Path) -> None:
+    """run, retry and reconcile of one job share the file: each replaces only its own series;
+    reconcile's hold its profile and trait counts."""
+    job = write_job(tmp_path, [*LANDING, NOT_FOUND], table("nightly.prom"))
+    path = tmp_path / "nightly.prom"
+    assert run(job, quiet=True).exit_code == 1
+    again = retry(job, not_found=True, quiet=True)
+    assert again.exit_code == 1
+    result = reconcile(job, quiet=True)
+    got = read(path)
+
+    assert of(got, "backfill_exit_code", job="nightly", command="run") == 1
+    assert of(got, "backfill_exit_code", job="nightly", command="retry") == 1
+    # The summary's figures: the whole run, its sessions added up (404 by the run and the retry).
+    by_status = again.summary["requests"]["by_status"]
+    assert by_status["404"] == 2
+    for status, n in by_status.items():
+        assert of(got, "backfill_requests", job="nightly", command="retry", status=status) == n
+    me = {"job": "nightly", "command": "reconcile"}
+    p, t = result.summary["profiles"], result.summary["traits"]
+    for outcome in ("checked", "matching", "differing", "profile_not_found", "fetch_failed"):
+        assert of(got, "backfill_reconcile_profiles", **me, outcome=outcome) == p[outcome]
+    for outcome in ("checked", "matching", "differing", "missing_in_memory"):
+        assert of(got, "backfill_reconcile_traits", **me, outcome=outcome) == t[outcome]
+    assert of(got, "backfill_reconcile_profiles", **me, outcome="profile_not_found") == 1
+    assert of(got, "backfill_reconcile_traits", **me, outcome="checked") == 9
+    assert of(got, "backfill_exit_code", **me) == result.exit_code == 1
+    assert of(got, "backfill_requests_sent", **me) == result.summary["requests"]["sent"]
+    assert "backfill_rows" not in names(got, "reconcile")
+
+
+def test_an_unwritable_textfile_warns_and_leaves_the_exit_code(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    job = write_job(tmp_path, LANDING, table("no-such-folder/backfill.prom"))
+    assert main(["run", str(job), "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "backfill: warning: cannot write the metrics textfile no-such-folder/backfill.prom: " \
+        "No such file or directory" in err  # fmt: skip
+
+
+def test_the_plan_path_never_imports_prometheus_client(tmp_path: Path) -> None:
+    """`plan` of a job with [metrics] pays nothing for it."""
+    job = write_job(tmp_path, LANDING, table("x.prom"))
+    code = (
+        "import sys\nfrom backfill.pipeline import plan\n"
+        f"plan({str(job)!r}, offline=True, quiet=True)\n"
+        "print('prometheus_client' in sys.modules)\n"
+    )
+    done = subprocess.run(  # noqa: S603 - our own interpreter
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+        env=os.environ, timeout=120, check=True,
+    )  # fmt: skip
+    assert done.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize(
+    ("metrics_table", "key", "says"),
+    [
+        ('[metrics]\ntextfile = "backfill.txt"\n', "metrics.textfile", "must end in .prom"),
+        ("[metrics]\n", "metrics.textfile", "is required"),
+        ('[metrics]\ntextfile = "a.prom"\nport = 9100\n', "metrics.port", "unknown key"),
+        ("[metrics]\ntextfile = 7\n", "metrics.textfile", "must be a non-empty string"),
+    ],
+)
+def test_a_bad_metrics_table_fails_at_load_naming_the_key(
+    tmp_path: Path, metrics_table: str, key: str, says: str
+) -> None:
+    job = write_job(tmp_path, LANDING, metrics_table)
+    with pytest.raises(ConfigError) as caught:
+        load_job(job)
+    assert f"{job}: {key}: " in str(caught.value)
+    assert says in str(caught.value)
+
+
+def test_a_good_metrics_table_loads(tmp_path: Path) -> None:
+    loaded = load_job(write_job(tmp_path, LANDING, table())).metrics
+    assert loaded is not None and loaded.textfile == Path("metrics/backfill.prom")
