@@ -5,22 +5,27 @@ commands' series; a bad `[metrics]` table fails at load naming the key."""
 
 from __future__ import annotations
 
+import json
 import os
+import socket
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from backfill.cli import main
 from backfill.config import load_job
+from backfill.emulator import EmulatorConfig, EmulatorServer
 from backfill.errors import ConfigError
 from backfill.pipeline import retry, run
 from backfill.reconcile import reconcile
-from test_notify import LANDING, NOT_FOUND, in_tmp, write_job
+from test_notify import LANDING, NOT_FOUND, SEED, SID, free_port, in_tmp, pid, write_job
 
 __all__ = ["in_tmp"]  # the autouse fixture: each test in its own folder, with credentials
 
@@ -194,3 +199,86 @@ def test_a_bad_metrics_table_fails_at_load_naming_the_key(
 def test_a_good_metrics_table_loads(tmp_path: Path) -> None:
     loaded = load_job(write_job(tmp_path, LANDING, table())).metrics
     assert loaded is not None and loaded.textfile == Path("metrics/backfill.prom")
+
+
+# ------------------------------------------------------------------------- --metrics-port
+
+
+def scrape(port: int) -> Samples | None:
+    """The live figures, or None while nothing listens."""
+    try:
+        reply = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10)
+    except httpx.TransportError:
+        return None
+    assert reply.status_code == 200
+    samples: Samples = {}
+    for family in text_string_to_metric_families(reply.text):
+        for s in family.samples:
+            samples[(s.name, frozenset(s.labels.items()))] = s.value
+    return samples
+
+
+def test_metrics_port_serves_live_figures_during_a_run_and_stops_after(tmp_path: Path) -> None:
+    """`run --metrics-port N` against a slow emulator: scraped mid-delivery, units are finishing
+    and the figures are the delivery's; when the command ends, nothing listens any more."""
+    profiles = 40
+    seed = json.loads(json.dumps(SEED))
+    seed["stores"][0]["profiles"] = [{"id": pid(n), "traits": {}} for n in range(1, profiles + 1)]
+    (tmp_path / "seed.json").write_text(json.dumps(seed))
+    port = free_port()
+    with EmulatorServer(EmulatorConfig(seed=tmp_path / "seed.json", latency_ms=40)) as emu:
+        job = write_job(tmp_path, [f"{pid(n)},Name{n},{n},gold" for n in range(1, profiles + 1)],
+                        "", "live")  # fmt: skip
+        text = job.read_text().replace('base_url = "emulator"', f'base_url = "{emu.url}"')
+        text = text.replace('seed = "seed.json"\n', "")
+        job.write_text(text.replace("concurrency = 4\nrate = 5000", "concurrency = 2\nrate = 20"))
+        env = {**os.environ, "TWILIO_ACCOUNT_SID": SID, "TWILIO_AUTH_TOKEN": "emulator"}
+        proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+            [sys.executable, "-m", "backfill", "run", str(job), "--quiet",
+             "--metrics-port", str(port)],
+            cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        try:
+            seen = None
+            while proc.poll() is None:
+                got = scrape(port)
+                if got is not None and names(got, "run") and _finished(got) >= 5:
+                    seen = got
+                    break
+                time.sleep(0.05)
+            assert seen is not None, "the run ended before the live figures showed progress"
+            assert proc.wait(60) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(30)
+            assert proc.stderr is not None
+            err = proc.stderr.read().decode()
+            proc.stderr.close()
+    assert "warning" not in err, err
+    me = {"job": "live", "command": "run"}
+    assert of(seen, "backfill_live_units_to_send", **me) == profiles
+    assert 5 <= _finished(seen) < profiles
+    assert of(seen, "backfill_live_units_finished", **me, outcome="updated") == _finished(seen)
+    assert of(seen, "backfill_live_requests_sent", **me) >= _finished(seen)
+    assert of(seen, "backfill_live_rate_configured", **me) == 20
+    assert 0 < of(seen, "backfill_live_rate", **me) <= 20
+    assert of(seen, "backfill_live_requests_throttled", **me) == 0
+    assert scrape(port) is None  # stopped with the command
+
+
+def _finished(samples: Samples) -> float:
+    return sum(v for (name, _), v in samples.items() if name == "backfill_live_units_finished")
+
+
+def test_a_taken_metrics_port_warns_and_the_run_goes_on(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        job = write_job(tmp_path, LANDING, "")
+        assert main(["run", str(job), "--quiet", "--metrics-port", str(port)]) == 0
+    err = capsys.readouterr().err
+    assert f"backfill: warning: --metrics-port {port}: cannot listen on 127.0.0.1" in err

@@ -10,7 +10,8 @@ command's ``backfill_last_success_timestamp_seconds`` when it failed. A file tha
 written is one warning on stderr: the figures are a side channel and never change the exit
 code.
 
-``serve_live(port)`` serves the figures of a delivery while it runs (``--metrics-port``).
+``serve_live(port, live)`` serves a delivery's ``LiveFigures`` while it runs
+(``--metrics-port``).
 
 prometheus_client is imported inside the functions: ~75-100 ms of imports that a plan, or a
 job without metrics, never pays.
@@ -22,7 +23,8 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections import Counter
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -209,10 +211,61 @@ def _replace(path: Path, data: bytes) -> None:
 # ------------------------------------------------------------------------- --metrics-port
 
 
+class LiveFigures:
+    """What a delivery has done so far, read by the scrape thread while the delivery writes it
+    (single int and float reads: no lock needed). ``client``: the delivery's HTTP client once it
+    exists, whose ``stats`` and bucket are read as they are."""
+
+    def __init__(self, job: str, command: str, total: int, configured_rate: float) -> None:
+        self.labels = {"job": job, "command": command}
+        self.total = total
+        self.configured_rate = configured_rate
+        self.finished: Counter[str] = Counter()
+        self.client: Any = None
+        self.started = time.monotonic()
+
+    def finish(self, outcome: str) -> None:
+        self.finished[outcome] += 1
+
+    def collect(self) -> Iterable[Metric]:
+        from prometheus_client.metrics_core import Metric
+
+        def one(name: str, help: str, *samples: tuple[Labels, float]) -> Metric:
+            metric = Metric(name, help, "gauge")
+            for labels, value in samples:
+                metric.add_sample(name, {**self.labels, **labels}, value)
+            return metric
+
+        client = self.client
+        stats = client.stats if client is not None else None
+        bucket = client.bucket if client is not None else None
+        finished = dict(self.finished)  # one copy: the delivery may add an outcome meanwhile
+        done = sum(finished.values())
+        elapsed = max(time.monotonic() - self.started, 1e-9)
+        return [
+            one("backfill_live_units_to_send", "Units this delivery set out to send.",
+                ({}, self.total)),
+            one("backfill_live_units_finished", "Units finished so far, by outcome.",
+                *(({"outcome": o}, n) for o, n in sorted(finished.items()))),
+            one("backfill_live_requests_sent", "HTTP requests sent so far, retries included.",
+                ({}, stats.sent if stats else 0)),
+            one("backfill_live_requests_throttled", "Requests answered 429 so far.",
+                ({}, stats.throttled if stats else 0)),
+            one("backfill_live_request_retries", "Requests sent again so far.",
+                ({}, stats.retries if stats else 0)),
+            one("backfill_live_rate", "The throttle's rate now (a second).",
+                ({}, bucket.rate if bucket is not None else self.configured_rate)),
+            one("backfill_live_rate_configured", "The job's [send] rate.",
+                ({}, self.configured_rate)),
+            one("backfill_live_rate_achieved", "Units finished a second since the delivery "
+                "started.", ({}, done / elapsed)),
+        ]  # fmt: skip
+
+
 @contextmanager
-def serve_live(port: int | None, collect: Callable[[], Iterable[Metric]]) -> Iterator[None]:
-    """Serve ``collect()``'s families on ``127.0.0.1:port`` until the block ends (nothing
-    when ``port`` is None). A port that cannot be bound is a warning: figures never stop a
+def serve_live(port: int | None, live: LiveFigures) -> Iterator[None]:
+    """Serve ``live``'s figures on ``127.0.0.1:port`` until the block ends (nothing when
+    ``port`` is None). A port that cannot be bound is a warning: figures never stop a
     delivery."""
     if port is None:
         yield
@@ -220,7 +273,7 @@ def serve_live(port: int | None, collect: Callable[[], Iterable[Metric]]) -> Ite
     from prometheus_client import CollectorRegistry, start_http_server
 
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Live(collect))
+    registry.register(live)
     try:
         server, thread = start_http_server(port, addr="127.0.0.1", registry=registry)
     except OSError as exc:
@@ -234,18 +287,3 @@ def serve_live(port: int | None, collect: Callable[[], Iterable[Metric]]) -> Ite
         server.shutdown()
         server.server_close()
         thread.join(10)
-
-
-class _Live:
-    def __init__(self, collect: Callable[[], Iterable[Metric]]) -> None:
-        self.collect = collect
-
-
-def gauge(name: str, help: str, samples: Iterable[tuple[Labels, float]]) -> Metric:
-    """One family of live figures."""
-    from prometheus_client.metrics_core import Metric
-
-    metric = Metric(name, help, "gauge")
-    for labels, value in samples:
-        metric.add_sample(name, labels, value)
-    return metric
