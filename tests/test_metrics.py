@@ -196,6 +196,17 @@ def test_a_bad_metrics_table_fails_at_load_naming_the_key(
     assert says in str(caught.value)
 
 
+def test_a_textfile_that_is_not_prometheus_text_is_written_afresh(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "nightly.prom"
+    path.write_text('backfill_exit_code{job="nightly",command="run" 1\n')  # cut short
+    job = write_job(tmp_path, LANDING, table("nightly.prom"))
+    assert main(["run", str(job), "--quiet"]) == 0
+    assert f"backfill: warning: {path.name} is not Prometheus text" in capsys.readouterr().err
+    assert of(read(path), "backfill_exit_code", job="nightly", command="run") == 0
+
+
 def test_a_good_metrics_table_loads(tmp_path: Path) -> None:
     loaded = load_job(write_job(tmp_path, LANDING, table())).metrics
     assert loaded is not None and loaded.textfile == Path("metrics/backfill.prom")

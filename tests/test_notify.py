@@ -313,11 +313,13 @@ def test_an_unset_or_plain_http_url_warns_and_changes_nothing(
     err = capsys.readouterr().err
     assert f"backfill: warning: [notify] webhook_env: {HOOK} is not set" in err
 
-    monkeypatch.setenv(HOOK, "http://hooks.example.com/services/xoxb-secret")
-    assert main(["run", str(job), "--quiet"]) == 1
-    err = capsys.readouterr().err
-    assert f"the URL in {HOOK} must be https://" in err
-    assert "secret" not in err and "example.com" not in err
+    for url in ("http://hooks.example.com/services/xoxb-secret",
+                "http://127.0.0.1.example.com/services/xoxb-secret"):  # fmt: skip
+        monkeypatch.setenv(HOOK, url)
+        assert main(["run", str(job), "--quiet"]) == 1
+        err = capsys.readouterr().err
+        assert f"the URL in {HOOK} must be https://" in err
+        assert "secret" not in err and "example.com" not in err
 
 
 @pytest.mark.parametrize(

@@ -120,8 +120,8 @@ def write_textfile(job: Job, command: str, summary: dict[str, Any], exit_code: i
     path = job.metrics.textfile
     try:
         _write(path, job, command, summary, exit_code, time.time())
-    except (OSError, ValueError) as exc:  # ValueError: an old file that is not Prometheus text
-        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+    except OSError as exc:
+        why = exc.strerror or type(exc).__name__
         print(f"backfill: warning: cannot write the metrics textfile {path}: {why}",
               file=sys.stderr, flush=True)  # fmt: skip
 
@@ -154,7 +154,13 @@ def _read_back(path: Path, base: Labels) -> tuple[list[Metric], float | None]:
         return [], None
     kept: list[Metric] = []
     last_success = None
-    for family in text_string_to_metric_families(text):
+    try:
+        families = list(text_string_to_metric_families(text))
+    except ValueError:  # not Prometheus text (cut short by a full disk?): start afresh
+        print(f"backfill: warning: {path} is not Prometheus text; writing it afresh",
+              file=sys.stderr, flush=True)  # fmt: skip
+        return [], None
+    for family in families:
         if not family.name.startswith(PREFIX):
             continue
         mine = [s for s in family.samples if all(s.labels.get(k) == v for k, v in base.items())]
