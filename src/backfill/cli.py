@@ -39,6 +39,10 @@ def _share(value: str) -> float:
     return _bounded(float, value, 0.0, 1.0)
 
 
+def _port(value: str) -> int:
+    return int(_bounded(int, value, 1, 65_535))
+
+
 def _byte_count(value: str) -> int:
     return int(_bounded(int, value, 1, None))
 
@@ -126,6 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
                      "send everything again (also when the job or its input changed)")  # fmt: skip
     run.add_argument("--full", action="store_true", help="plan afresh and send every unit, "
                      "even those the [incremental] state says already landed")  # fmt: skip
+    run.add_argument("--metrics-port", type=_port, metavar="N", help="serve live figures "
+                     "for Prometheus on 127.0.0.1:N while sending")  # fmt: skip
 
     retry = _job_command(
         commands,
@@ -137,6 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     retry.add_argument("--not-found", action="store_true", help="also the units that ended "
                        "profile_not_found (after restoring those profiles)")  # fmt: skip
+    retry.add_argument("--metrics-port", type=_port, metavar="N", help="serve live figures "
+                       "for Prometheus on 127.0.0.1:N while sending")  # fmt: skip
 
     schema = _job_command(
         commands,
@@ -356,7 +364,8 @@ def _run_run(args: argparse.Namespace) -> int:
     from backfill.pipeline import run
 
     quiet = args.quiet or args.json
-    result = run(args.job, restart=args.restart, full=args.full, quiet=quiet)
+    result = run(args.job, restart=args.restart, full=args.full, quiet=quiet,
+                 metrics_port=args.metrics_port)  # fmt: skip
     return _show(args, result.summary, result.line if args.quiet else result.text,
                  result.exit_code)  # fmt: skip
 
@@ -364,7 +373,8 @@ def _run_run(args: argparse.Namespace) -> int:
 def _run_retry(args: argparse.Namespace) -> int:
     from backfill.pipeline import retry
 
-    result = retry(args.job, not_found=args.not_found, quiet=args.quiet or args.json)
+    result = retry(args.job, not_found=args.not_found, quiet=args.quiet or args.json,
+                   metrics_port=args.metrics_port)  # fmt: skip
     return _show(args, result.summary, result.line if args.quiet else result.text,
                  result.exit_code)  # fmt: skip
 

@@ -188,6 +188,26 @@ class Incremental:
     state: Path  # SQLite file, kept across runs (unlike the output folder's run.sqlite)
 
 
+NOTIFY_ON: Final = ("failure", "success", "always")
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+
+
+@dataclass(frozen=True)
+class Notify:
+    """Where to say how a command ended. The job file names only the environment variable:
+    a webhook URL is a credential (Slack's carry their token in the path)."""
+
+    webhook_env: str
+    on: tuple[str, ...] = ("failure",)
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """The node_exporter textfile the command's figures go to."""
+
+    textfile: Path
+
+
 @dataclass(frozen=True)
 class Job:
     path: Path
@@ -199,6 +219,8 @@ class Job:
     send: Send = field(default_factory=Send)
     output_dir: Path = Path("out")
     incremental: Incremental | None = None
+    notify: Notify | None = None
+    metrics: Metrics | None = None
 
     @property
     def columns(self) -> list[str]:
@@ -293,7 +315,8 @@ def load_job(path: Path | str) -> Job:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
 
     top = _Reader(path, raw, "")
-    top.only("name", "connection", "source", "identity", "traits", "send", "output", "incremental")
+    top.only("name", "connection", "source", "identity", "traits", "send", "output", "incremental",
+             "notify", "metrics")  # fmt: skip
     name = top.req("name")
     if not JOB_NAME.match(name):
         raise top.error("name", "use letters, digits, '-', '_' or '.' (it names the output folder)")
@@ -309,6 +332,8 @@ def load_job(path: Path | str) -> Job:
     output.only("dir")
     out_dir = Path(output.string("dir") or f"out/{name}")
     incremental = _incremental(top.sub("incremental"), out_dir) if "incremental" in raw else None
+    notify = _notify(top.sub("notify")) if "notify" in raw else None
+    metrics = _metrics(top.sub("metrics")) if "metrics" in raw else None
 
     if identity.profile_id_column is None and not identity.identifiers:
         raise top.error(
@@ -324,7 +349,8 @@ def load_job(path: Path | str) -> Job:
         # and for a create whose answer was lost to be found by Lookup instead of being sent
         # twice.
         _identifiers_written(top, identity, traits, "identity.on_unresolved", '"create"')
-    return Job(path, name, connection, source, identity, traits, send, out_dir, incremental)
+    return Job(path, name, connection, source, identity, traits, send, out_dir, incremental,
+               notify, metrics)  # fmt: skip
 
 
 def _check_store_resolves(
@@ -678,6 +704,32 @@ def _incremental(r: _Reader, out_dir: Path) -> Incremental:
     if path.resolve() in {(out_dir / name).resolve() for name in (RUN_FILE, EMULATOR_STATE)}:
         raise r.error("state", f"{state} is one of the run's own files; name another file")
     return Incremental(path)
+
+
+def _notify(r: _Reader) -> Notify:
+    r.only("webhook_env", "on")
+    name = r.req("webhook_env")
+    if not ENV_NAME.match(name):
+        # Never echo the value: a URL written here by mistake is a secret in a log.
+        raise r.error("webhook_env", "must name an environment variable (letters, digits, "
+                      "'_'), e.g. BACKFILL_WEBHOOK; the URL itself goes in the environment, "
+                      "never in the job file")  # fmt: skip
+    on = r.table.get("on", ["failure"])
+    if not isinstance(on, list) or not on or not all(isinstance(v, str) for v in on):
+        raise r.error("on", f"must be a non-empty list of {', '.join(NOTIFY_ON)}")
+    for value in on:
+        if value not in NOTIFY_ON:
+            raise r.error("on", f"must hold only {', '.join(NOTIFY_ON)} (got {value!r})")
+    return Notify(name, tuple(dict.fromkeys(on)))
+
+
+def _metrics(r: _Reader) -> Metrics:
+    r.only("textfile")
+    textfile = r.req("textfile")
+    if not textfile.endswith(".prom"):
+        raise r.error("textfile", "must end in .prom (node_exporter's textfile collector reads "
+                      "only those)")  # fmt: skip
+    return Metrics(Path(textfile))
 
 
 # Segment: the Tracking API's budget is 1,000 events/s a workspace (segment-api.md, 1), shared

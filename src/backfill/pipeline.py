@@ -30,6 +30,7 @@ from backfill.checkpoint import (
     LANDED,
     PENDING,
     SKIPPED_UNCHANGED,
+    Result,
     RunDB,
     RunLock,
     lock_holder,
@@ -416,15 +417,27 @@ class RunResult:
 
 
 def run(
-    job_path: Path | str, *, restart: bool = False, full: bool = False, quiet: bool = False
+    job_path: Path | str,
+    *,
+    restart: bool = False,
+    full: bool = False,
+    quiet: bool = False,
+    metrics_port: int | None = None,
 ) -> RunResult:
     """``backfill run``: plan (or resume), deliver under the checkpoint, and report.
 
     The last run is resumed; if what it would send changed since (``resume.why_not``), ``run``
     refuses unless ``restart`` or ``full``. With ``[incremental]``, a new plan's units whose
     body already landed are not sent (``full`` plans afresh and sends them anyway).
+    ``metrics_port``: serve the delivery's live figures on loopback while it runs.
     """
     job = load_job(job_path)
+    result = _run(job, restart=restart, full=full, quiet=quiet, port=metrics_port)
+    ended(job, "run", result.summary, result.exit_code)
+    return result
+
+
+def _run(job: Job, *, restart: bool, full: bool, quiet: bool, port: int | None) -> RunResult:
     files = source_files(job)
     with output_folder(job.output_dir) as out, RunLock(out, "run"), RunDB(out / RUN_FILE) as db:
         if db.meta("plan") is not None and not (restart or full):
@@ -436,7 +449,8 @@ def run(
                 )
             _publish(out, db.meta("plan_id"))  # a killed run may not have moved them yet
             resumed = db.reset_in_flight()
-            return _deliver_and_report(job, db, out, resumed, quiet, remember=True, fresh=False)
+            return _deliver_and_report(job, db, out, resumed, quiet, remember=True, fresh=False,
+                                       port=port)  # fmt: skip
         made = made_from(job, files)
         state = job.incremental.state if job.incremental is not None else None
         store = job.connection.destination
@@ -473,7 +487,22 @@ def run(
             sessions=[],
         )
         _publish(out, plan_result.plan_id)
-        return _deliver_and_report(job, db, out, 0, quiet, remember=True, fresh=True)
+        return _deliver_and_report(job, db, out, 0, quiet, remember=True, fresh=True, port=port)
+
+
+def ended(job: Job, command: str, summary: dict[str, Any], exit_code: int) -> None:
+    """What the systems around a scheduled job hear when a command has finished its work (an
+    interrupted run included): the ``[metrics]`` textfile, then the ``[notify]`` webhook. After
+    the job's lock is released: a slow receiver never holds up the next run. Neither changes
+    ``exit_code``; each only warns on stderr."""
+    if job.metrics is not None:
+        from backfill.metrics import write_textfile  # prometheus_client: only for [metrics]
+
+        write_textfile(job, command, summary, exit_code)
+    if job.notify is not None:
+        from backfill.notify import notify  # httpx: not for a job without [notify]
+
+        notify(job, command, summary, exit_code)
 
 
 def _publish(out: Path, plan_id: str | None) -> None:
@@ -492,14 +521,26 @@ def _publish(out: Path, plan_id: str | None) -> None:
         raise StorageError(f"cannot move the new plan from {staging} to {out}: {exc}") from exc
 
 
-def retry(job_path: Path | str, *, not_found: bool = False, quiet: bool = False) -> RunResult:
+def retry(
+    job_path: Path | str,
+    *,
+    not_found: bool = False,
+    quiet: bool = False,
+    metrics_port: int | None = None,
+) -> RunResult:
     """``backfill retry``: send again the units of the last run that ended ``failed`` (and,
     with ``not_found``, ``profile_not_found``), e.g. after a schema fix. Nothing is re-planned:
     the checkpoint holds the bodies. Units the last run left unsent are finished too."""
+    job = load_job(job_path)
+    result = _retry(job, not_found=not_found, quiet=quiet, port=metrics_port)
+    ended(job, "retry", result.summary, result.exit_code)
+    return result
+
+
+def _retry(job: Job, *, not_found: bool, quiet: bool, port: int | None) -> RunResult:
     from backfill.targets.memory_patch import FAILED_OUTCOME, PROFILE_NOT_FOUND
     from backfill.verify.landing import VERIFY_FAILED
 
-    job = load_job(job_path)
     out = job.output_dir
     if not (out / RUN_FILE).is_file():
         raise ConfigError(f"nothing to retry: {job.path} has no run in {out} yet")
@@ -512,7 +553,8 @@ def retry(job_path: Path | str, *, not_found: bool = False, quiet: bool = False)
             outcomes.append(PROFILE_NOT_FOUND)
         resumed = db.reset_in_flight()
         db.requeue_failed(outcomes)
-        return _deliver_and_report(job, db, out, resumed, quiet, remember=True, fresh=False)
+        return _deliver_and_report(job, db, out, resumed, quiet, remember=True, fresh=False,
+                                   port=port, command="retry")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -623,14 +665,18 @@ def _deliver_and_report(
     remember: bool,
     fresh: bool,
     read_back: bool = True,
+    port: int | None = None,
+    command: str = "run",
 ) -> RunResult:
     """Deliver the checkpoint's pending units and write the reports. ``remember``: copy what
     landed into the job's incremental state (not for partial bodies such as reconcile's).
     ``fresh``: a new plan, whose report is written even when it sends nothing; otherwise a
     resume or retry with nothing left to send leaves the last report as it is. ``read_back``:
     prove a bulk or import delivery by reading it back (``verify``); not for another command's
-    partial plan, which has no values to compare with."""
+    partial plan, which has no values to compare with. ``port``: serve the live figures there
+    (``command`` labels them) while delivering."""
     from backfill.deliver.loop import deliver
+    from backfill.metrics import LiveFigures, serve_live
     from backfill.targets import delivery_for
     from backfill.targets.memory_schema import check
     from backfill.transport.client import ClientStats
@@ -645,6 +691,7 @@ def _deliver_and_report(
         return RunResult(job, last, text, int(last["exit_code"]), text.splitlines()[0])
     started = time.monotonic()
     progress = DeliveryProgress(todo, quiet)
+    live = LiveFigures(job.name, command, todo, job.send.rate)
     interrupted = False
     said: dict[str, Any] = {"mode": job.send.mode}  # the delivery's own summary
 
@@ -666,12 +713,17 @@ def _deliver_and_report(
             if threading.current_thread() is threading.main_thread():
                 tg.start_soon(on_signal)
             make = delivery_for(job, client)
-            said.update(await deliver(job, db, make, stop=stop, on_result=progress.update))
+            said.update(await deliver(job, db, make, stop=stop, on_result=finished))
             tg.cancel_scope.cancel()
+
+    def finished(result: Result) -> None:
+        progress.update(result)
+        live.finish(result.outcome)
 
     async def main() -> tuple[ClientStats, float, dict[str, Any]]:
         with open_target(job) as target:
             client = target.client(job)
+            live.client = client
             bucket = client.bucket
             assert bucket is not None
             async with client:
@@ -696,9 +748,10 @@ def _deliver_and_report(
             return client.stats, bucket.rate, _throttle(job, client)
 
     try:
-        stats, final_rate, throttle = (
-            run_async(main) if todo else (ClientStats(), job.send.rate, _throttle(job, None))
-        )
+        with serve_live(port if todo else None, live):
+            stats, final_rate, throttle = (
+                run_async(main) if todo else (ClientStats(), job.send.rate, _throttle(job, None))
+            )
     finally:
         progress.close()
         if remember:  # also what an interrupted run landed

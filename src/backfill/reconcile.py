@@ -45,6 +45,7 @@ from backfill.pipeline import (
     EXIT_INTERRUPTED,
     build_plan,
     deliver_planned,
+    ended,
 )
 from backfill.plan.resolve import NEW, TARGET
 from backfill.plan.source import FILE, ROW, source_files
@@ -402,6 +403,14 @@ def reconcile(
         raise ConfigError(f"--settle must be a number of seconds, at least 0 (got {settle})")
     started = time.monotonic()
     job = load_job(job_path)
+    result = _reconcile(job, fix=fix, settle=settle, quiet=quiet, started=started)
+    ended(job, "reconcile", result.summary, result.exit_code)
+    return result
+
+
+def _reconcile(
+    job: Job, *, fix: bool, settle: float, quiet: bool, started: float
+) -> ReconcileResult:
     source_files(job)  # a missing input fails before any folder is made
     with output_folder(job.output_dir) as out, RunLock(out, "reconcile"):
         rec = private_dir(out / "reconcile")
