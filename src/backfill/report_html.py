@@ -152,6 +152,17 @@ def _page(title: str, body: str, data: dict[str, Any] | None) -> str:
     )
 
 
+def _heading(
+    command: str, summary: dict[str, Any], verdict: tuple[str, str], extra: str = ""
+) -> list[str]:
+    """The title and the verdict line of a page (``verdict``: css class, sentence)."""
+    detail = html.escape(f"Exit code {summary['exit_code']}, {summary['seconds']:,.1f} s{extra}.")
+    return [
+        f"<h1>backfill {command}: {html.escape(summary['job'])}</h1>",
+        f'<p class="{verdict[0]}"><strong>{html.escape(verdict[1])}</strong> {detail}</p>',
+    ]
+
+
 def _counts(section: dict[str, Any]) -> list[list[Any]]:
     return [[k.replace("_", " "), v] for k, v in section.items() if isinstance(v, int)]
 
@@ -164,9 +175,7 @@ def run_html(summary: dict[str, Any], errors_csv: Path) -> str:
                "to finish.")}.get(code, ("bad", "Some source rows did not land."))  # fmt: skip
     rate = summary.get("rate", {})
     parts = [
-        f"<h1>backfill run: {html.escape(summary['job'])}</h1>",
-        f'<p class="{verdict[0]}"><strong>{verdict[1]}</strong> Exit code {code}, '
-        f"{summary['seconds']:,.1f} s, mode {html.escape(str(summary.get('mode')))}.</p>",
+        *_heading("run", summary, verdict, f", mode {summary.get('mode')}"),
         "<h2>Source rows</h2>",
         _table(["", "rows"], _counts(rows)),
         "<h2>Requests over the run</h2>",
@@ -235,9 +244,7 @@ def reconcile_html(summary: dict[str, Any], reconcile_csv: Path) -> str:
     verdict = ("ok", f"{store} matches the plan.") if code == 0 else (
         "bad", f"{store} does not match the plan everywhere.")  # fmt: skip
     parts = [
-        f"<h1>backfill reconcile: {html.escape(summary['job'])}</h1>",
-        f'<p class="{verdict[0]}"><strong>{verdict[1]}</strong> Exit code {code}, '
-        f"{summary['seconds']:,.1f} s.</p>",
+        *_heading("reconcile", summary, verdict),
         "<h2>Profiles</h2>",
         _table(["", "profiles"], _counts(profiles)),
         "<h2>Traits</h2>",
