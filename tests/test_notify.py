@@ -19,6 +19,7 @@ import pytest
 from backfill import __version__
 from backfill.cli import main
 from backfill.config import load_job
+from backfill.emulator import EmulatorConfig, EmulatorServer
 from backfill.errors import ConfigError
 from backfill.notify import notify
 from backfill.pipeline import retry, run
@@ -362,3 +363,27 @@ def test_a_good_notify_table_loads() -> None:
     plain = load_job(write_job(Path("."), LANDING, table(), "plain")).notify
     assert plain is not None and plain.on == ("failure",)
     assert load_job(write_job(Path("."), LANDING, "", "none")).notify is None
+
+
+def test_a_run_stopped_by_an_error_is_posted_and_written_too(
+    tmp_path: Path, receiver: Receiver, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    """Expired credentials at 3 am: the run stops before any report (exit 3), and the webhook
+    and the metrics textfile still hear it; the message says why in our words only."""
+    monkeypatch.setenv(HOOK, receiver.url)
+    monkeypatch.setenv("TWILIO_AUTH_TOKEN", "expired-secret")
+    job = write_job(tmp_path, LANDING, table() + '[metrics]\ntextfile = "nightly.prom"\n')
+    with EmulatorServer(EmulatorConfig(seed=tmp_path / "seed.json")) as emu:
+        text = job.read_text().replace('base_url = "emulator"', f'base_url = "{emu.url}"')
+        job.write_text(text.replace('seed = "seed.json"\n', ""))
+        assert main(["run", str(job), "--quiet"]) == 3  # the emulator refuses the token
+    assert "expired-secret" not in capsys.readouterr().err
+    posts = [b for path, b in receiver.posts if path == SECRET_PATH]
+    (body,) = posts
+    assert (body["command"], body["outcome"], body["exit_code"]) == ("run", "failed", 3)
+    assert body["counts"] == {}
+    assert "stopped: the service refused the credentials" in body["text"]
+    assert "expired-secret" not in json.dumps(body)
+    prom = (tmp_path / "nightly.prom").read_text()
+    assert 'backfill_exit_code{command="run",job="nightly"} 3.0' in prom

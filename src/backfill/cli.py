@@ -451,9 +451,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _failed_json(args: argparse.Namespace, exit_code: int, message: str) -> int:
-    """With ``--json``, a command that failed still prints its one document (no result)."""
+    """With ``--json``, a command that failed still prints its one document (no result); and
+    a run, retry or reconcile that stopped tells its [notify] and [metrics] (pipeline.stopped)."""
     if getattr(args, "json", False):
         _emit(args, None, exit_code, message)
+    if args.command in ("run", "retry", "reconcile"):
+        from backfill.pipeline import stopped
+
+        stopped(args.job, args.command, exit_code)
     return exit_code
 
 

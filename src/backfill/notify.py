@@ -83,9 +83,12 @@ def outcome(exit_code: int) -> str:
 def message(job: Job, command: str, summary: dict[str, Any], exit_code: int) -> dict[str, Any]:
     """The JSON body. Built from counts and our own file paths only: nothing read from the
     extract or from the store (identifiers, values, the store's error messages) goes in."""
-    if command == "reconcile":
+    if "stopped" in summary:  # pipeline.stopped: no counts, only why
+        counts: dict[str, Any] = {}
+        said = str(summary["stopped"])
+    elif command == "reconcile":
         profiles, traits = summary.get("profiles", {}), summary.get("traits", {})
-        counts: dict[str, Any] = {
+        counts = {
             "profiles": {k: int(profiles.get(k, 0)) for k in PROFILE_COUNTS},
             "traits": {k: int(traits.get(k, 0)) for k in TRAIT_COUNTS},
         }

@@ -37,7 +37,7 @@ from backfill.checkpoint import (
     read_progress,
 )
 from backfill.config import Job, load_job
-from backfill.errors import ConfigError, StorageError
+from backfill.errors import BackfillError, ConfigError, StorageError
 from backfill.files import (
     EMULATOR_STATE,
     ROWS_FILE,
@@ -503,6 +503,28 @@ def ended(job: Job, command: str, summary: dict[str, Any], exit_code: int) -> No
         from backfill.notify import notify  # httpx: not for a job without [notify]
 
         notify(job, command, summary, exit_code)
+
+
+# Why a command stopped before its work was done, by exit code: said instead of the error's own
+# message, which may name a column, a file or the service's words (cli.py maps errors to codes).
+STOPPED: Final = {
+    1: "stopped with an error",
+    2: "stopped: the job, its input or its credentials are not usable",
+    3: "stopped: the service refused the credentials",
+    130: "was interrupted before it finished",
+}
+
+
+def stopped(job_path: Path | str, command: str, exit_code: int) -> None:
+    """Tell the systems around a job (``ended``) that ``command`` stopped with an error before
+    its reports (expired credentials at 3 am): a job file that does not load has nobody to
+    tell. Never raises."""
+    try:
+        job = load_job(job_path)
+    except BackfillError:
+        return
+    why = STOPPED.get(exit_code, STOPPED[1])
+    ended(job, command, {"stopped": why}, exit_code)
 
 
 def _publish(out: Path, plan_id: str | None) -> None:
