@@ -266,8 +266,8 @@ def addressed_identity(job: Job) -> list[pl.Expr]:
     """``segment_aggs``' columns for rows whose ``TARGET`` is a Profile API address
     (``type:value``, ``reconcile --fix``): the person as Segment already holds them, named by
     that one identifier; no timestamp, so the fix is the latest write."""
-    id_type = pl.col(TARGET).str.split_exact(":", 1).struct.field("field_0")
-    value = pl.col(TARGET).str.splitn(":", 2).struct.field("field_1")
+    parts = pl.col(TARGET).str.splitn(":", 2)
+    id_type, value = parts.struct.field("field_0"), parts.struct.field("field_1")
     exprs: list[pl.Expr] = []
     for k, identifier in enumerate(job.identity.identifiers):
         mine = pl.when(id_type == identifier.id_type).then(value)
