@@ -442,12 +442,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BaseExceptionGroup as group:  # concurrent work failing as a group
         if args.debug:
             raise
-        exc = reported(group)
-        return _failed_json(args, _report(exc, args.command), _error_text(exc))
+        return _failed_json(args, *_report(reported(group), args.command))
     except Exception as exc:
         if args.debug:
             raise
-        return _failed_json(args, _report(exc, args.command), _error_text(exc))
+        return _failed_json(args, *_report(exc, args.command))
 
 
 def _failed_json(args: argparse.Namespace, exit_code: int, message: str) -> int:
@@ -462,29 +461,23 @@ def _failed_json(args: argparse.Namespace, exit_code: int, message: str) -> int:
     return exit_code
 
 
-def _error_text(exc: BaseException) -> str:
-    """What ``_report`` said, without the prefix: BackfillErrors never hold secrets (errors.py)."""
-    if isinstance(exc, BackfillError) or (isinstance(exc, OSError) and exc.strerror):
-        return str(exc) if isinstance(exc, BackfillError) else f"{exc.strerror}: {exc.filename}"
-    return f"internal error: {type(exc).__name__}"
-
-
-def _report(exc: BaseException, command: str) -> int:
-    """Print one line for ``exc``; return its exit code."""
+def _report(exc: BaseException, command: str) -> tuple[int, str]:
+    """Print one line for ``exc``; return its exit code and what ``--json`` says of it (the same
+    words; for a bug only its type: its text is not ours)."""
     if isinstance(exc, BackfillError):
         print(f"backfill: error: {exc}", file=sys.stderr)
         if isinstance(exc, ConfigError | RunLocked):
-            return EXIT_BAD_INPUT
+            return EXIT_BAD_INPUT, str(exc)
         if isinstance(exc, AuthError):
-            return EXIT_AUTH
-        return EXIT_FAILED
+            return EXIT_AUTH, str(exc)
+        return EXIT_FAILED, str(exc)
     if isinstance(exc, OSError) and exc.strerror:
         where = f": {exc.filename}" if exc.filename else ""
         print(f"backfill: error: {exc.strerror}{where}", file=sys.stderr)
-        return EXIT_FAILED
+        return EXIT_FAILED, f"{exc.strerror}{where}"
     if isinstance(exc, KeyboardInterrupt):
         print("backfill: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return EXIT_INTERRUPTED, "interrupted"
     text = str(exc).strip().splitlines()
     detail = f": {text[0]}" if text else ""
     print(
@@ -492,4 +485,4 @@ def _report(exc: BaseException, command: str) -> int:
         "run with --debug for the traceback",
         file=sys.stderr,
     )
-    return EXIT_FAILED
+    return EXIT_FAILED, f"internal error: {type(exc).__name__}"
